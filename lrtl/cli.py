@@ -1,0 +1,56 @@
+"""Shared pieces of the stage command lines: logging, JSON params, errors that name the fix."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class StageError(RuntimeError):
+    """An input problem the user can fix; the message names the file and the fix."""
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Log to stderr with timestamps; stage rules redirect stderr to the rule's log file."""
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+def progress_enabled() -> bool:
+    """tqdm bars only when a person watches (stderr is a terminal), never in log files."""
+    return sys.stderr.isatty()
+
+
+def json_params(text: str) -> dict[str, Any]:
+    """argparse type for `--params '{...}'`: a JSON object."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"--params is not valid JSON ({err}): {text[:200]}") from err
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("--params must be a JSON object")
+    return value
+
+
+def run_stage(name: str, body: Callable[[argparse.Namespace], None], parser: argparse.ArgumentParser,
+              argv: Sequence[str] | None) -> None:
+    """Parse argv, set up logging, run `body`, and turn a StageError into one clear line and exit code 1."""
+    args = parser.parse_args(argv)
+    setup_logging()
+    stage_log = logging.getLogger(f"lrtl.{name}")
+    stage_log.info("arguments: %s", {k: v for k, v in vars(args).items()})
+    try:
+        body(args)
+    except StageError as err:
+        stage_log.error("%s", err)
+        raise SystemExit(1) from err

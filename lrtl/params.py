@@ -1,0 +1,42 @@
+"""Frozen parameter dataclasses built from config mappings that reject unknown keys."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Mapping
+from typing import Any, Self
+
+
+@dataclasses.dataclass(frozen=True)
+class Params:
+    """Base for a stage's parameters: `XParams.from_mapping(config["x"])`.
+
+    Every field is required (defaults live only in config.yaml); nested dataclass fields are built
+    recursively; an unknown or missing key raises a ValueError naming it.
+    """
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any], where: str | None = None) -> Self:
+        where = where or cls.__name__
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(mapping) - set(fields))
+        if unknown:
+            raise ValueError(f"{where}: unknown key(s) {unknown}; known keys are {sorted(fields)}")
+        missing = sorted(name for name, f in fields.items() if name not in mapping
+                         and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+        if missing:
+            raise ValueError(f"{where}: missing key(s) {missing}")
+        hints = typing.get_type_hints(cls)
+        values = {}
+        for name, value in mapping.items():
+            hint = hints[name]
+            if isinstance(hint, type) and issubclass(hint, Params):
+                value = hint.from_mapping(value, f"{where}.{name}")
+            elif isinstance(value, list):
+                value = tuple(value)
+            values[name] = value
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
