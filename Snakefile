@@ -1,0 +1,41 @@
+# lrtl: learning motion segmentation from point trajectories (Karazija et al., NeurIPS 2024).
+#
+# Results map (every unit of work is one of these paths; ask for one to (re)build exactly it):
+#
+# results/{dataset}/raw/...                               synthetic datasets only: DAVIS layout + GroundTruth/{res}/{sequence}.zarr
+# results/{dataset}/frames/{sequence}.zarr                uint8 [T,H,W,3] at the configured resolution + native GT
+# results/{dataset}/flow/{sequence}.zarr                  float32 [T,H,W,2] per signed gap
+# results/{dataset}/tracks/{sequence}/chunk-{chunk}.zarr  one store per tracking job (query frames of one chunk)
+# results/{dataset}/tracks/{sequence}/index.json          chunk list + check that every frame was queried once
+# results/{dataset}/train/{run}/model.pt                  self-describing checkpoint (+ metrics.jsonl, loss.png)
+# results/{dataset}/train/{run}.state/                    resume state (not a declared output)
+# results/{dataset}/masks/{run}/{sequence}.zarr           soft masks [T,K,h,w] + merged [T,2,h,w]
+# results/{dataset}/masks/{run}/{sequence}/               binary mask PNGs, overlay sheet, GIF, K-mask picture
+# results/{dataset}/masks/baseline/{sequence}.zarr        no-learning baseline masks from flow
+# results/{dataset}/metrics/{run}/{sequence}.tsv          per-frame IoU / boundary F of every annotated frame
+# results/tables/                                         paper-style tables (.md, .csv, .tex) and pictures
+# logs/... and benchmarks/...                             the output path with results/ -> logs/ (.log) or benchmarks/ (.tsv)
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: os.path.join(workflow.basedir, "config.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/raw.smk"
+include: "workflow/rules/frames.smk"
+include: "workflow/rules/flow.smk"
+include: "workflow/rules/tracks.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/masks.smk"
+include: "workflow/rules/metrics.smk"
+include: "workflow/rules/tables.smk"
+include: "workflow/rules/weights.smk"
+
+
+rule all:
+    input:
+        all_tables,

@@ -1,0 +1,460 @@
+"""Training items from the frames, flow and tracks stores (METHOD.md §4, §5).
+
+An item is 4 frames [F, F+g, F+o, F+o+g] (o = pair_offset, paper 5; the shifted variant [F-o, F-o+g, F, F+g]
+near the end) of one sequence with one shared random horizontal flip. Per frame it holds
+
+    rgb      uint8   [h, w, 3]     resized to the model input size
+    flow     float32 [2, hf, wf]   forward F -> F+g (positions 0, 2) or backward F+g -> F (1, 3), pixels at
+                                   the flow loss resolution, clamped to +-flow_clamp
+    tracks   float32 [C, N, 2]     smoothed context-window tracks, pixel (x, y) at the tracks' resolution
+    vis      bool    [C, N]        visibility of those tracks
+    loc      float32 [N, 2]        unsmoothed position at the frame, x / (W - 1) * 2 - 1 (same for y)
+    t_index  int64                 index of the frame inside its C-frame context window
+
+Items are keyed by an integer: item `key` is drawn by a generator seeded with (seed, key), so the stream of
+items is the same for any number of DataLoader workers and a resumed run continues it exactly.
+
+Frames and flow of every sequence are preloaded (resized) once; tracks are read per query frame through
+`lrtl.tracks.open_sequence_tracks` and kept in a per-process LRU cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from lrtl import stores
+from lrtl.cli import StageError
+from lrtl.model import resize_rgb
+from lrtl.params import Params
+
+log = logging.getLogger(__name__)
+
+COORD_LIMIT = 1e6  # ±inf -> ±1e6 (METHOD.md §4 step 5)
+LOC_LIMIT = 3.0  # normalised loc clamp (§4 step 4)
+FAR_FACTOR = 20.0  # x clamped to ±20 W, y to ±20 H (§4 step 5)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataParams(Params):
+    gaps: tuple[int, ...]  # flow gaps g of the items (paper DAVIS/STv2 (1, 2), FBMS (3, 6))
+    pair_offset: int  # o: frames between the pairs of an item (paper 5)
+    n_tracks: int  # N tracks per frame (paper 70000)
+    context: int  # C context frames per track (paper 41)
+    smooth: int  # moving-average window over time, frames (paper 11)
+    min_visibility: float  # keep tracks with mean visibility > this (paper 0.1)
+    flow_size: tuple[
+        int, ...
+    ]  # [h, w] of the flow loss (paper 480x854 = flow store); [] = the flow store's
+    flow_clamp: float  # |flow| clamp, pixels at flow_size (paper 20 at 480x854)
+    flip: float  # probability of the shared horizontal flip (paper 0.5)
+    workers: int  # DataLoader worker processes (0 = load in the training process)
+    cache_queries: int  # query frames of tracks kept in memory per process (LRU)
+
+
+@dataclasses.dataclass
+class SequenceData:
+    name: str
+    n_frames: int
+    rgb: np.ndarray  # uint8 [T, h, w, 3] at the model input size
+    flow: dict[int, np.ndarray]  # signed gap -> float32 [T, 2, hf, wf]; invalid rows are zero
+    tracks_index: Path
+
+
+# --------------------------------------------------------------------------- pure sampling steps
+
+
+def item_frames(n_frames: int, base: int, gap: int, offset: int) -> list[int]:
+    """[F, F+g, F+o, F+o+g], or [F-o, F-o+g, F, F+g] when F+o+g is past the end (METHOD.md §5)."""
+    if base + offset + gap > n_frames - 1:
+        base = max(base - offset, 0)
+    frames = [base, base + gap, base + offset, base + offset + gap]
+    if frames[-1] > n_frames - 1:
+        raise ValueError(
+            f"a sequence of {n_frames} frames is too short for gap {gap} and pair offset {offset}"
+        )
+    return frames
+
+
+def query_frames(t: int, n_frames: int) -> list[int]:
+    """The query frames whose tracks are candidates for frame t: {t-1, t, t+1}, shifted inside [0, T)."""
+    if n_frames < 3:
+        return list(range(n_frames))
+    first = min(max(t - 1, 0), n_frames - 3)
+    return [first, first + 1, first + 2]
+
+
+def context_window(t: int, n_frames: int, context: int) -> tuple[int, int, int, int]:
+    """(start, stop, pad_before, t_index): the C frames around t (METHOD.md §4 step 8).
+
+    T >= C: frames [start, start + C) with start = clamp(t - C // 2, 0, T - C), no padding.
+    T < C: all T frames, reflect-padded to C with (C - T) // 2 frames before; t_index = t + (C - T) // 2.
+    """
+    if n_frames >= context:
+        start = min(max(t - context // 2, 0), n_frames - context)
+        return start, start + context, 0, t - start
+    pad_before = (context - n_frames) // 2
+    return 0, n_frames, pad_before, t + pad_before
+
+
+def moving_average(values: np.ndarray, valid: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """Centred moving average over axis 0 counting only `valid` entries; padded entries are not counted.
+
+    values [L, N, 2], valid bool [L, N] -> (averages [L, N, 2], count [L, N]); average 0 where count is 0.
+    """
+    half = window // 2
+    weight = valid.astype(np.float64)
+    sums = np.concatenate([np.zeros((1, *values.shape[1:])), np.cumsum(values * weight[..., None], axis=0)])
+    counts = np.concatenate([np.zeros((1, *valid.shape[1:])), np.cumsum(weight, axis=0)])
+    length = values.shape[0]
+    hi = np.minimum(np.arange(length) + half + 1, length)
+    lo = np.maximum(np.arange(length) - half, 0)
+    total = sums[hi] - sums[lo]  # [L, N, 2]
+    count = counts[hi] - counts[lo]  # [L, N]
+    averages = total / np.maximum(count, 1.0)[..., None]
+    return averages.astype(np.float32), count
+
+
+def hold_edges(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Fill entries where `valid` is False with the nearest valid entry along axis 0 (earlier, else later)."""
+    length = values.shape[0]
+    index = np.where(valid, np.arange(length)[:, None], -1)  # [L, N]
+    forward = np.maximum.accumulate(index, axis=0)
+    index_rev = np.where(valid[::-1], np.arange(length)[:, None], -1)
+    backward = (length - 1 - np.maximum.accumulate(index_rev, axis=0))[::-1]
+    source = np.where(forward >= 0, forward, np.minimum(backward, length - 1))
+    return np.take_along_axis(values, source[..., None], axis=0)
+
+
+def clean_tracks(xy: np.ndarray, height: int, width: int) -> np.ndarray:
+    """NaN -> 0, ±inf -> ±1e6, then x clamped to ±20 W and y to ±20 H (METHOD.md §4 step 5)."""
+    xy = np.nan_to_num(xy.astype(np.float32), nan=0.0, posinf=COORD_LIMIT, neginf=-COORD_LIMIT, copy=False)
+    limit = np.array([FAR_FACTOR * width, FAR_FACTOR * height], dtype=np.float32)
+    np.minimum(xy, limit, out=xy)
+    np.maximum(xy, -limit, out=xy)
+    return xy
+
+
+def normalise_loc(xy: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Pixel (x, y) [N, 2] -> x / (W - 1) * 2 - 1, y / (H - 1) * 2 - 1, NaN -> 0, clamped to ±3 (§4.4)."""
+    scale = np.array([2.0 / max(width - 1, 1), 2.0 / max(height - 1, 1)], dtype=np.float64)
+    loc = xy.astype(np.float64) * scale - 1.0
+    return np.clip(np.nan_to_num(loc, nan=0.0), -LOC_LIMIT, LOC_LIMIT).astype(np.float32)
+
+
+def sample_frame_tracks(
+    queries: Sequence[tuple[np.ndarray, np.ndarray, int]],
+    t: int,
+    n_frames: int,
+    *,
+    height: int,
+    width: int,
+    n_tracks: int,
+    context: int,
+    smooth: int,
+    min_visibility: float,
+    rng: np.random.Generator,
+    compat_reference: bool,
+) -> dict[str, Any]:
+    """Training tracks of frame t from the tracks of its query frames (METHOD.md §4 steps 1-9).
+
+    queries: per query frame (tracks float32 [T_w, n, 2] pixel xy, vis bool [T_w, n], window_start).
+    Returns tracks float32 [C, N, 2], vis bool [C, N], loc float32 [N, 2], t_index int, n_valid int.
+    lrtl default vs compat_reference (METHOD.md §11 items 4, 5): the visibility mean is over the track's
+    source window (reference: over all T frames); the moving average counts only in-window frames and
+    out-of-window frames hold the nearest in-window value (reference: zeros enter the average).
+    """
+    # 1-2: candidates visible at t with enough mean visibility
+    groups = []  # (query index, candidate columns)
+    for index, (tr, vis, start) in enumerate(queries):
+        if not start <= t < start + tr.shape[0]:
+            continue
+        denominator = n_frames if compat_reference else tr.shape[0]
+        keep = vis[t - start] & (vis.sum(axis=0) / denominator > min_visibility)
+        groups.append((index, np.flatnonzero(keep)))
+    n_valid = sum(len(cols) for _, cols in groups)
+    start, stop, pad_before, t_index = context_window(t, n_frames, context)
+    if n_valid == 0:
+        log.warning("frame %d: no valid tracks; the item carries zero tracks", t)
+        return {
+            "tracks": np.zeros((context, n_tracks, 2), np.float32),
+            "vis": np.zeros((context, n_tracks), bool),
+            "loc": np.zeros((n_tracks, 2), np.float32),
+            "t_index": t_index,
+            "n_valid": 0,
+        }
+    # 3: N draws without replacement, topped up with replacement when fewer are valid
+    if n_valid >= n_tracks:
+        chosen = rng.choice(n_valid, n_tracks, replace=False)
+    else:
+        chosen = np.concatenate([np.arange(n_valid), rng.integers(0, n_valid, n_tracks - n_valid)])
+    chosen.sort()  # the losses ignore track order; sorted, each query frame's share is a slice
+    # place the chosen tracks on the timeline frames [lo, hi): the context window plus the smoothing margin
+    half = smooth // 2
+    lo, hi = max(start - half, 0), min(stop + half, n_frames)
+    positions = np.zeros((hi - lo, n_tracks, 2), np.float32)  # [L, N, 2]
+    in_window = np.zeros((hi - lo, n_tracks), bool)  # [L, N] inside the track's source window
+    visible = np.zeros((hi - lo, n_tracks), bool)
+    loc_xy = np.zeros((n_tracks, 2), np.float32)
+    offsets = np.cumsum([0] + [len(cols) for _, cols in groups])
+    bounds = np.searchsorted(chosen, offsets)  # chosen[bounds[i]:bounds[i + 1]] come from group i
+    for (index, cols), first, a, b in zip(groups, offsets[:-1], bounds[:-1], bounds[1:], strict=True):
+        if a == b:
+            continue
+        tr, vis, source_start = queries[index]
+        source_cols = cols[chosen[a:b] - first]
+        f0, f1 = max(lo, source_start), min(hi, source_start + tr.shape[0])
+        rows = slice(f0 - source_start, f1 - source_start)
+        positions[f0 - lo : f1 - lo, a:b] = tr[rows, source_cols]
+        in_window[f0 - lo : f1 - lo, a:b] = True
+        visible[f0 - lo : f1 - lo, a:b] = vis[rows, source_cols]
+        loc_xy[a:b] = tr[t - source_start, source_cols]
+    # 4-5: loc from the unsmoothed position at t; cleanup
+    loc = normalise_loc(loc_xy, height, width)  # [N, 2]
+    positions = clean_tracks(positions, height, width)
+    # 6: the flip is applied to the finished item (flip_item): it commutes with the moving average
+    # 7: moving average over time
+    if compat_reference:
+        smoothed, _ = moving_average(positions, np.ones_like(in_window), smooth)
+    else:
+        smoothed, count = moving_average(positions, in_window, smooth)
+        if not in_window.all():
+            smoothed = hold_edges(smoothed, count > 0)
+    # 8: context window, reflect-padded when the sequence is shorter than C
+    window = slice(start - lo, stop - lo)
+    tracks, vis_out = smoothed[window], visible[window]  # [C or T, N, 2], [C or T, N]
+    if pad_before or stop - start < context:
+        pad = (pad_before, context - (stop - start) - pad_before)
+        tracks = np.pad(tracks, (pad, (0, 0), (0, 0)), mode="reflect")
+        vis_out = np.pad(vis_out, (pad, (0, 0)), mode="reflect")
+    return {
+        "tracks": np.ascontiguousarray(tracks, dtype=np.float32),
+        "vis": np.ascontiguousarray(vis_out),
+        "loc": loc,
+        "t_index": t_index,
+        "n_valid": n_valid,
+    }
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def resize_flow(flow: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """float32 [T, H, W, 2] pixels -> float32 [T, 2, h, w] pixels at the new size (area/linear resample, u
+    scaled by w / W and v by h / H)."""
+    n_frames, height, width, _ = flow.shape
+    new_h, new_w = (height, width) if not size else (int(size[0]), int(size[1]))
+    out = np.empty((n_frames, 2, new_h, new_w), np.float32)
+    shrink = new_h <= height and new_w <= width
+    interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    scale = np.array([new_w / width, new_h / height], np.float32)
+    for index in range(n_frames):
+        frame = flow[index]
+        if (new_h, new_w) != (height, width):
+            frame = cv2.resize(frame, (new_w, new_h), interpolation=interpolation) * scale
+        out[index] = frame.transpose(2, 0, 1)
+    return out
+
+
+def load_sequence(
+    frames: str | os.PathLike,
+    flow: str | os.PathLike,
+    tracks: str | os.PathLike,
+    *,
+    input_size: Sequence[int],
+    params: DataParams,
+) -> SequenceData:
+    """Read and resize one sequence's frames and flow into memory; check the tracks index matches."""
+    group = stores.open_store(frames, "frames")
+    name = str(group.attrs.get("sequence", Path(frames).stem))
+    rgb = resize_rgb(group["rgb"][...], input_size)  # [T, h, w, 3]
+    n_frames = rgb.shape[0]
+    flow_group = stores.open_flow(flow)
+    if flow_group.attrs["n_frames"] != n_frames:
+        raise StageError(
+            f"{flow}: {flow_group.attrs['n_frames']} frames, but {frames} has {n_frames}; "
+            f"rebuild the flow of this sequence"
+        )
+    missing = [g for g in params.gaps if g not in flow_group.attrs["gaps"]]
+    if missing:
+        raise StageError(
+            f"{flow}: no flow for gaps {missing} (has {flow_group.attrs['gaps']}); add them to "
+            f"flow.gaps or remove them from the train run's data.gaps"
+        )
+    flows = {}
+    for gap in params.gaps:
+        for signed in (gap, -gap):
+            field = resize_flow(flow_group[stores.flow_name(signed)][...], params.flow_size)
+            flows[signed] = np.clip(field, -params.flow_clamp, params.flow_clamp)
+    reader = open_tracks(tracks)
+    if reader.n_frames != n_frames:
+        raise StageError(
+            f"{tracks}: {reader.n_frames} frames, but {frames} has {n_frames}; rebuild the tracks"
+        )
+    shortest = params.pair_offset + max(params.gaps) + 1
+    if n_frames < shortest:
+        raise StageError(
+            f"{frames}: {n_frames} frames are too few for training items (need {shortest} = "
+            f"pair_offset + max gap + 1); drop the sequence from training"
+        )
+    return SequenceData(name=name, n_frames=n_frames, rgb=rgb, flow=flows, tracks_index=Path(tracks))
+
+
+def open_tracks(index_json: str | os.PathLike):
+    from lrtl.tracks import open_sequence_tracks  # the tracks stage's reader; imported lazily
+
+    return open_sequence_tracks(index_json)
+
+
+class TrainItems(torch.utils.data.Dataset):
+    """Map-style dataset of training items, keyed by an integer (any key is valid; see module docstring)."""
+
+    def __init__(
+        self, sequences: Sequence[SequenceData], params: DataParams, *, seed: int, compat_reference: bool
+    ):
+        if not sequences:
+            raise StageError("no training sequences")
+        self.sequences = list(sequences)
+        self.params = params
+        self.seed = seed
+        self.compat_reference = compat_reference
+        if params.context < 2 * params.pair_offset + 1:
+            raise StageError(
+                f"data.context {params.context} must be >= 2 * pair_offset + 1 "
+                f"({2 * params.pair_offset + 1}) for the temporal loss"
+            )
+        sizes = set()
+        for sequence in self.sequences:
+            reader = open_tracks(sequence.tracks_index)
+            sizes.add((reader.height, reader.width))
+        if len(sizes) != 1:
+            raise StageError(
+                f"training sequences have tracks at different resolutions {sorted(sizes)}; use one "
+                f"frames resolution for the dataset"
+            )
+        self.track_size = sizes.pop()  # (H, W) of track pixel coordinates
+        self._readers: dict[int, Any] = {}
+        self._cache: OrderedDict[tuple[int, int], tuple[np.ndarray, np.ndarray, int]] = OrderedDict()
+        self._pid = None
+
+    def __len__(self) -> int:
+        return 2**62
+
+    def _query(self, seq: int, q: int) -> tuple[np.ndarray, np.ndarray, int]:
+        if self._pid != os.getpid():  # a fresh process (DataLoader worker): own readers and cache
+            self._readers, self._cache, self._pid = {}, OrderedDict(), os.getpid()
+        key = (seq, q)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        if seq not in self._readers:
+            self._readers[seq] = open_tracks(self.sequences[seq].tracks_index)
+        value = self._readers[seq].query(q)
+        self._cache[key] = value
+        while len(self._cache) > self.params.cache_queries:
+            self._cache.popitem(last=False)
+        return value
+
+    def item_plan(self, key: int) -> tuple[np.random.Generator, int, int, list[int], bool]:
+        """(generator, sequence index, gap, 4 frames, flip) of item `key`."""
+        rng = np.random.default_rng([self.seed, key])
+        seq = int(rng.integers(len(self.sequences)))
+        gap = int(self.params.gaps[rng.integers(len(self.params.gaps))])
+        n_frames = self.sequences[seq].n_frames
+        base = int(rng.integers(0, n_frames - gap))
+        frames = item_frames(n_frames, base, gap, self.params.pair_offset)
+        flip = bool(rng.random() < self.params.flip)
+        return rng, seq, gap, frames, flip
+
+    def __getitem__(self, key: int) -> dict[str, Any]:
+        rng, seq, gap, frames, flip = self.item_plan(int(key))
+        sequence = self.sequences[seq]
+        params = self.params
+        height, width = self.track_size
+        signed_gaps = (gap, -gap, gap, -gap)  # forward, backward, forward, backward (METHOD.md §5)
+        flows = [sequence.flow[g][f] for g, f in zip(signed_gaps, frames, strict=True)]
+        per_frame = [
+            sample_frame_tracks(
+                [self._query(seq, q) for q in query_frames(t, sequence.n_frames)],
+                t,
+                sequence.n_frames,
+                height=height,
+                width=width,
+                n_tracks=params.n_tracks,
+                context=params.context,
+                smooth=params.smooth,
+                min_visibility=params.min_visibility,
+                rng=rng,
+                compat_reference=self.compat_reference,
+            )
+            for t in frames
+        ]
+        item = {
+            "rgb": sequence.rgb[frames],  # [4, h, w, 3] uint8
+            "flow": np.stack(flows),  # [4, 2, hf, wf]
+            "tracks": np.stack([p["tracks"] for p in per_frame]),  # [4, C, N, 2]
+            "vis": np.stack([p["vis"] for p in per_frame]),  # [4, C, N]
+            "loc": np.stack([p["loc"] for p in per_frame]),  # [4, N, 2]
+            "t_index": np.array([p["t_index"] for p in per_frame], np.int64),  # [4]
+            "frames": np.array(frames, np.int64),  # [4]
+            "sequence": np.int64(seq),
+            "flip": np.bool_(False),
+        }
+        if flip:
+            item = flip_item(item, width, negate_u=not self.compat_reference)
+        return item
+
+
+def flip_item(item: dict[str, Any], width: int, negate_u: bool) -> dict[str, Any]:
+    """Mirror an item horizontally (METHOD.md §4 step 6, §5): RGB and flow columns reversed, u negated unless
+    `negate_u` is False (the reference keeps u, §11 item 7), track x -> W - 1 - x (W: the tracks' frame
+    width),    normalised loc x -> -x. Flipping twice gives the item back."""
+    flow = item["flow"][..., ::-1].copy()  # [4, 2, hf, wf]
+    if negate_u:
+        flow[:, 0] = -flow[:, 0]
+    tracks = item["tracks"].copy()  # [4, C, N, 2]
+    tracks[..., 0] = (width - 1) - tracks[..., 0]
+    loc = item["loc"].copy()  # [4, N, 2]
+    loc[..., 0] = -loc[..., 0]
+    return {
+        **item,
+        "rgb": np.ascontiguousarray(item["rgb"][:, :, ::-1]),
+        "flow": flow,
+        "tracks": tracks,
+        "loc": loc,
+        "flip": np.bool_(not item["flip"]),
+    }
+
+
+def flatten_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Collated items [B, 4, ...] -> frames [4B, ...]; frame 4i + j is position j of item i."""
+    out = {}
+    for name, value in batch.items():
+        out[name] = value.reshape(-1, *value.shape[2:]) if value.ndim >= 2 else value
+    return out
+
+
+def make_loader(
+    items: TrainItems, *, batch_items: int, first_item: int, n_items: int
+) -> torch.utils.data.DataLoader:
+    """Batches of `batch_items` items with keys first_item, first_item + 1, ... (same for any workers)."""
+    workers = items.params.workers
+    return torch.utils.data.DataLoader(
+        items,
+        batch_size=batch_items,
+        sampler=range(first_item, first_item + n_items),
+        num_workers=workers,
+        drop_last=True,
+        persistent_workers=False,
+        prefetch_factor=4 if workers else None,
+        generator=torch.Generator().manual_seed(items.seed),  # leaves the global RNG (dropout) to the model
+    )

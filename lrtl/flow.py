@@ -1,0 +1,192 @@
+"""Flow stage: forward and backward optical flow of one sequence for every configured gap.
+
+    python -m lrtl.flow --frames F.zarr --params '<json of config flow>' [--weights RAFT.pth]
+                        [--ground-truth GT.zarr] [--flo-root DIR] --out flow.zarr
+
+Writes the flow store of lrtl.stores (forward_{g} / backward_{g} float32 [T, H, W, 2], pixels at frame
+resolution); gap 1 is always computed because the flow-chaining tracker needs it.  Backends (METHOD.md §13):
+`dis` (OpenCV DIS on grayscale, CPU default), `raft` (torchvision raft_large with a local state dict, 20
+updates, padded to a multiple of 8), `oracle` (exact flow of a synthetic sequence), `flo` (import of
+MotionGrouping-layout `.flo` files, METHOD.md §2.2).  Also the `.flo` read/write helpers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from lrtl import stores
+from lrtl.backends import flow_backend
+from lrtl.cli import StageError, json_params, progress_enabled, run_stage
+from lrtl.params import Params
+
+log = logging.getLogger(__name__)
+
+FLO_TAG = 202021.25
+
+
+@dataclasses.dataclass(frozen=True)
+class DisParams(Params):
+    preset: str            # ultrafast | fast | medium (paper-free CPU default: medium)
+
+
+@dataclasses.dataclass(frozen=True)
+class RaftParams(Params):
+    weights: str           # local state-dict path (declared rule input, passed as --weights)
+    iterations: int        # flow updates (paper 20)
+    device: str            # auto | cpu | cuda
+    batch_size: int        # frame pairs per forward pass
+
+
+@dataclasses.dataclass(frozen=True)
+class FloParams(Params):
+    subdir: str            # folder between Flows_gap{g}/ and <sequence>/ (DAVIS: "1080p", others: "")
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowParams(Params):
+    backend: str           # dis | raft | oracle | flo
+    gaps: tuple[int, ...]  # positive frame gaps; both directions are computed
+    dis: DisParams
+    raft: RaftParams
+    flo: FloParams
+
+
+def flow_pairs(n_frames: int, gap: int) -> list[tuple[int, int]]:
+    """The (source, target) frame pairs of a signed gap: t -> t+gap for every valid t."""
+    return [(t, t + gap) for t in range(n_frames) if 0 <= t + gap < n_frames]
+
+
+def all_gaps(gaps: Sequence[int]) -> list[int]:
+    """Sorted positive gaps, gap 1 included."""
+    gaps = sorted({int(g) for g in gaps} | {1})
+    if gaps[0] <= 0:
+        raise StageError(f"flow.gaps must be positive integers, got {list(gaps)}")
+    return gaps
+
+
+def resize_flow(flow: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest-neighbour resize of [H, W, 2] flow with u, v rescaled so that values stay in pixels (§2.2)."""
+    h0, w0 = flow.shape[:2]
+    if (h0, w0) == (height, width):
+        return flow.astype(np.float32, copy=False)
+    out = cv2.resize(flow, (width, height), interpolation=cv2.INTER_NEAREST).astype(np.float32)
+    out[..., 0] *= width / w0
+    out[..., 1] *= height / h0
+    return out
+
+
+# --------------------------------------------------------------------------- .flo files
+
+
+def read_flo(path: str | os.PathLike) -> np.ndarray:
+    """Middlebury `.flo` -> float32 [H, W, 2] (u, v) in pixels."""
+    path = Path(path)
+    with open(path, "rb") as handle:
+        tag = np.fromfile(handle, np.float32, 1)
+    if tag.size != 1 or tag[0] != np.float32(FLO_TAG):
+        raise StageError(f"{path}: not a Middlebury .flo file (bad tag); re-export or delete it")
+    flow = cv2.readOpticalFlow(str(path))
+    if flow is None:
+        raise StageError(f"{path}: could not read this .flo file (truncated?); re-export or delete it")
+    return flow
+
+
+def write_flo(path: str | os.PathLike, flow: np.ndarray) -> None:
+    """float [H, W, 2] -> Middlebury `.flo`, written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.flo")
+    try:
+        if not cv2.writeOpticalFlow(str(tmp), np.ascontiguousarray(flow, dtype=np.float32)):
+            raise OSError(f"cv2.writeOpticalFlow failed for {tmp}")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def motiongrouping_flo_path(root: str | os.PathLike, subdir: str, sequence: str, frame_names: Sequence[str],
+                            source: int, gap: int) -> Path:
+    """Where MotionGrouping keeps the flow source -> source+gap (METHOD.md §2.2 gap naming).
+
+    Forward `Flows_gap{g}/<subdir>/<seq>/<name of i>.flo` holds i -> i+g; backward
+    `Flows_gap-{g}/<subdir>/<seq>/<name of i+g>.flo` holds (i+g) -> i: named after its source frame.
+    """
+    folder = Path(root) / f"Flows_gap{gap}"
+    if subdir:
+        folder = folder / subdir
+    return folder / sequence / f"{Path(frame_names[source]).stem}.flo"
+
+
+# --------------------------------------------------------------------------- stage
+
+
+def compute_flows(backend, n_frames: int, height: int, width: int, gaps: Sequence[int],
+                  batch_size: int) -> dict[int, np.ndarray]:
+    """Signed gap -> float32 [T, H, W, 2]; rows without a target frame stay zero."""
+    flows = {}
+    jobs = [(g, pair) for gap in gaps for g in (gap, -gap) for pair in flow_pairs(n_frames, g)]
+    for g in {g for g, _ in jobs}:
+        flows[g] = np.zeros((n_frames, height, width, 2), np.float32)  # [T, H, W, 2]
+    batch_size = max(1, batch_size)
+    for start in tqdm(range(0, len(jobs), batch_size), desc="flow", disable=not progress_enabled()):
+        batch = jobs[start:start + batch_size]
+        result = backend.compute([pair for _, pair in batch])  # [P, H, W, 2]
+        for (g, (i, _)), flow in zip(batch, result, strict=True):
+            flows[g][i] = flow
+    return flows
+
+
+def run_flow(*, frames: str | os.PathLike, out: str | os.PathLike, params: FlowParams,
+             weights: str | os.PathLike | None = None, ground_truth: str | os.PathLike | None = None,
+             flo_root: str | os.PathLike | None = None) -> None:
+    group = stores.open_store(frames, "frames")
+    rgb = group["rgb"][...]  # [T, H, W, 3]
+    n_frames, height, width, _ = rgb.shape
+    attrs = dict(group.attrs)
+    gaps = all_gaps(params.gaps)
+    cls = flow_backend(params.backend)
+    backend = cls(rgb=rgb, params=params, weights=weights, ground_truth=ground_truth, flo_root=flo_root,
+                  sequence=attrs.get("sequence", ""), frame_names=attrs.get("frame_names"))
+    batch = params.raft.batch_size if params.backend == "raft" else 8
+    log.info("%s flow for gaps %s on %d frames of %dx%d", params.backend, gaps, n_frames, width, height)
+    flows = compute_flows(backend, n_frames, height, width, gaps, batch)
+    stores.write_flow(out, flows, backend=params.backend, params=params.to_dict(),
+                      dataset=attrs.get("dataset"), sequence=attrs.get("sequence"), **backend.provenance())
+    log.info("wrote %s", out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m lrtl.flow", description=__doc__.split("\n")[0])
+    parser.add_argument("--frames", required=True, help="frames store of the sequence")
+    parser.add_argument("--params", required=True, type=json_params, help="JSON of the config `flow` section")
+    parser.add_argument("--weights", help="RAFT state dict (backend raft)")
+    parser.add_argument("--ground-truth", help="synthetic ground-truth store (backend oracle)")
+    parser.add_argument("--flo-root", help="folder holding Flows_gap{±g}/ (backend flo)")
+    parser.add_argument("--out", required=True, help="flow store to write")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    def body(args: argparse.Namespace) -> None:
+        try:
+            params = FlowParams.from_mapping(args.params, "flow")
+        except ValueError as err:
+            raise StageError(str(err)) from err
+        run_flow(frames=args.frames, out=args.out, params=params, weights=args.weights,
+                 ground_truth=args.ground_truth, flo_root=args.flo_root)
+
+    run_stage("flow", body, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    main()

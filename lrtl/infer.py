@@ -1,0 +1,309 @@
+"""Inference: K soft masks per frame, the label-free merge K -> 2, and pictures (METHOD.md §9 steps 1-2).
+
+    python -m lrtl.infer --model model.pt --frames F.zarr --params '<json of config infer>' --run NAME \
+        --out masks.zarr --pictures DIR
+
+`Predictor` owns everything between a frames array and masks: resizing to the checkpoint's input size
+(lrtl.model.resize_rgb, shared with training), ImageNet normalisation (lrtl.model.normalize_images),
+the no-grad scope, batching, the device, and the merge:
+
+1. per mask k, the soft-mask-weighted mean of the merge features, L2-normalised;
+2. affinity = cosine similarity clamped at >= 1e-6;
+3. scikit-learn SpectralClustering(2, affinity='precomputed', random_state=0);
+4. each merged mask = sum of the soft masks of its group.
+
+Merge features (`merge_features`): `decoder` = the model's own mask features (CPU default), or `dino_vits8` =
+block-11 'key' features of a frozen DINO ViT-S/8 with patch stride 4 (paper setting, weights from a
+local file), both bilinearly upsampled to the mask resolution. K == 2 is the identity.
+
+Degenerate frames: a mask with total soft mass below `MIN_MASS` pixels counts as empty and joins group 1;
+with at most one non-empty mask everything non-empty is group 0; with exactly two, one group each; if
+spectral clustering puts every mask in one group, the mask least similar to the others is split off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from lrtl.cli import StageError, json_params, progress_enabled, run_stage
+from lrtl.params import Params
+from lrtl.pictures import PicturesParams, write_sequence_pictures
+from lrtl.stores import open_store, read_rgb, write_masks
+
+log = logging.getLogger(__name__)
+
+MIN_MASS = 1.0  # a soft mask with less total mass (in pixels) than this is treated as empty
+MERGE_FEATURES = ("decoder", "dino_vits8")
+DINO_MERGE_ARCH = "vit_small_patch8_224"  # DINO ViT-S/8 uses timm's ViT-S/8 parameter names
+DINO_MERGE_LAYER = 11  # last block of ViT-S (12 blocks)
+
+
+@dataclasses.dataclass(frozen=True)
+class InferParams(Params):
+    device: str  # auto | cpu | cuda
+    batch_size: int  # frames per forward pass
+    merge_features: str  # decoder | dino_vits8
+    dino_weights: str | None  # local DINO ViT-S/8 weights file (dino_vits8 only); null = random (tests only)
+    dino_patch_stride: int  # patch-embedding stride of the merge ViT, pixels (paper 4)
+    pictures: PicturesParams
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise StageError("infer.device is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
+    if name not in ("cpu", "cuda"):
+        raise StageError(f"infer.device must be auto, cpu or cuda, not {name!r}")
+    return torch.device(name)
+
+
+# --------------------------------------------------------------------------- merge (pure functions)
+
+
+def mask_features(soft: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Soft-mask-weighted mean feature per mask, L2-normalised, and the masks' mass.
+
+    soft [B, K, h, w]; features [B, F, h', w'] (bilinearly upsampled to h, w here)
+    -> (mean features [B, K, F], mass [B, K] in pixels).
+    """
+    if features.shape[-2:] != soft.shape[-2:]:
+        features = F.interpolate(features, size=soft.shape[-2:], mode="bilinear", align_corners=False)
+    mass = soft.sum(dim=(-2, -1))  # [B, K]
+    summed = torch.einsum("bkhw,bfhw->bkf", soft, features)  # [B, K, F]
+    mean = summed / mass.clamp_min(1e-12)[..., None]
+    return F.normalize(mean, dim=-1), mass
+
+
+def affinity(features: np.ndarray) -> np.ndarray:
+    """Cosine affinity of L2-normalised features [K, F] -> [K, K], clamped at >= 1e-6."""
+    return np.clip(features @ features.T, 1e-6, None)
+
+
+def merge_groups(features: np.ndarray, mass: np.ndarray) -> np.ndarray:
+    """Group (0 or 1) of each of K masks from normalised mean features [K, F] and mass [K] -> int [K]."""
+    k = features.shape[0]
+    groups = np.ones(k, dtype=np.int64)  # empty masks go to group 1
+    live = np.flatnonzero(mass >= MIN_MASS)
+    if k == 2 and len(live) == 2:
+        return np.array([0, 1])
+    if len(live) <= 1:
+        groups[live] = 0
+        return groups
+    if len(live) == 2:
+        groups[live] = [0, 1]
+        return groups
+    from sklearn.cluster import SpectralClustering
+
+    matrix = affinity(features[live].astype(np.float64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "graph is not fully connected" on near-block-diagonal affinities
+        labels = SpectralClustering(2, affinity="precomputed", random_state=0).fit_predict(matrix)
+    if labels.min() == labels.max():  # one cluster: split off the mask least similar to the rest
+        labels = np.zeros(len(live), dtype=np.int64)
+        labels[np.argmin(matrix.sum(axis=1) - np.diag(matrix))] = 1
+    groups[live] = labels
+    return groups
+
+
+def merge_masks(soft: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Sum the soft masks [K, h, w] of each group -> merged [2, h, w]."""
+    return np.stack([soft[groups == g].sum(axis=0) for g in (0, 1)])
+
+
+# --------------------------------------------------------------------------- predictor
+
+
+class DinoMergeFeatures(torch.nn.Module):
+    """Block-11 'key' features of a frozen DINO ViT-S/8 at patch stride `stride`: [B, 3, h, w] -> [B,
+    384, gh, gw]."""
+
+    def __init__(self, weights: str | None, stride: int, input_size: Sequence[int]):
+        super().__init__()
+        from lrtl.backbones import DinoViT
+
+        if weights is not None and not Path(weights).is_file():
+            raise StageError(
+                f"{weights}: DINO ViT-S/8 weights file not found (infer.dino_weights, needed by "
+                f"merge_features: dino_vits8); run `snakemake download_weights` on a machine with internet "
+                f"or copy the file there"
+            )
+        self.vit = DinoViT(DINO_MERGE_ARCH, weights, [DINO_MERGE_LAYER], stride, input_size)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.vit(images)[0]
+
+
+class Predictor:
+    """No-grad K-mask prediction and K -> 2 merge for frames at any resolution.
+
+    model: called as model(normalised images [B, 3, h, w]) -> object with .logits [B, K, h, w] and
+    .features [B, F, h', w']; input_size: (h, w) the model was trained at.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        input_size: Sequence[int],
+        device: torch.device,
+        batch_size: int,
+        merge_backbone: torch.nn.Module | None = None,
+    ):
+        self.model = model.to(device).eval()
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.device = device
+        self.batch_size = batch_size
+        self.merge_backbone = None if merge_backbone is None else merge_backbone.to(device).eval()
+
+    @torch.no_grad()
+    def predict(self, rgb: np.ndarray) -> dict[str, np.ndarray]:
+        """rgb uint8 [T, H, W, 3] -> soft float32 [T, K, h, w], merged float32 [T, 2, h, w], groups int
+        [T, K]."""
+        from lrtl.model import normalize_images, resize_rgb
+
+        soft_all, merged_all, groups_all = [], [], []
+        starts = range(0, len(rgb), self.batch_size)
+        for start in tqdm(starts, desc="infer", unit="batch", disable=not progress_enabled()):
+            batch = resize_rgb(rgb[start : start + self.batch_size], self.input_size)  # [B, h, w, 3]
+            images = normalize_images(torch.from_numpy(batch).to(self.device))  # [B, 3, h, w]
+            out = self.model(images)
+            logits = out.logits.float()  # [B, K, h, w]
+            if logits.shape[-2:] != self.input_size:
+                logits = F.interpolate(logits, size=self.input_size, mode="bilinear", align_corners=False)
+            soft = logits.softmax(dim=1)  # [B, K, h, w]
+            feats = (
+                out.features if self.merge_backbone is None else self.merge_backbone(images)
+            )  # [B, F, h', w']
+            means, mass = mask_features(soft, feats.float())  # [B, K, F], [B, K]
+            soft_np = soft.cpu().numpy()
+            means_np, mass_np = means.cpu().numpy(), mass.cpu().numpy()
+            for b in range(soft_np.shape[0]):
+                groups = merge_groups(means_np[b], mass_np[b])
+                soft_all.append(soft_np[b])
+                merged_all.append(merge_masks(soft_np[b], groups))
+                groups_all.append(groups)
+        return {"soft": np.stack(soft_all), "merged": np.stack(merged_all), "groups": np.stack(groups_all)}
+
+
+def build_predictor(model_path: str | Path, params: InferParams) -> tuple[Predictor, dict[str, Any]]:
+    """Load a checkpoint and, for dino_vits8, the merge ViT -> (predictor, model cfg)."""
+    from lrtl.model import load_checkpoint
+
+    device = resolve_device(params.device)
+    model, cfg = load_checkpoint(model_path, device)
+    if params.merge_features not in MERGE_FEATURES:
+        raise StageError(
+            f"infer.merge_features must be one of {MERGE_FEATURES}, not {params.merge_features!r}"
+        )
+    merge_backbone = None
+    if params.merge_features == "dino_vits8" and int(cfg["k"]) > 2:
+        merge_backbone = DinoMergeFeatures(params.dino_weights, params.dino_patch_stride, cfg["input_size"])
+    return Predictor(model, cfg["input_size"], device, params.batch_size, merge_backbone), cfg
+
+
+# --------------------------------------------------------------------------- stage
+
+
+def run_infer(
+    *,
+    model: str | Path,
+    frames: str | Path,
+    run: str,
+    out: str | Path,
+    pictures: str | Path,
+    params: InferParams,
+) -> None:
+    started = time.perf_counter()
+    if params.batch_size < 1:
+        raise StageError(f"infer.batch_size must be >= 1, got {params.batch_size}")
+    frame_attrs = dict(open_store(frames, "frames").attrs)
+    rgb = read_rgb(frames)  # [T, H, W, 3]
+    predictor, cfg = build_predictor(model, params)
+    result = predictor.predict(rgb)
+    provenance = cfg.get("checkpoint") or {}
+    train_params = provenance.get("params") or {}
+    write_masks(
+        out,
+        result["soft"],
+        result["merged"],
+        run=run,
+        dataset=frame_attrs.get("dataset"),
+        sequence=frame_attrs.get("sequence"),
+        merge=params.merge_features,
+        groups=result["groups"].tolist(),
+        params=params.to_dict(),
+        model=str(model),
+        checkpoint_step=provenance.get("step"),
+        checkpoint_rule="last",
+        seed=_find_key(train_params, "seed"),
+        compat=_find_key(train_params, "compat"),
+    )
+    write_sequence_pictures(pictures, rgb, result["soft"], result["merged"], params.pictures)
+    log.info(
+        "%d frames, K=%d -> %s in %.1f s",
+        len(rgb),
+        result["soft"].shape[1],
+        out,
+        time.perf_counter() - started,
+    )
+    if predictor.device.type == "cuda":
+        log.info("max GPU memory %.0f MiB", torch.cuda.max_memory_allocated() / 2**20)
+
+
+def _find_key(mapping: Any, key: str) -> Any:
+    """A key anywhere in nested training params (seed, compat), or None."""
+    if isinstance(mapping, dict):
+        if key in mapping and not isinstance(mapping[key], dict):
+            return mapping[key]
+        for value in mapping.values():
+            found = _find_key(value, key)
+            if found is not None:
+                return found
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m lrtl.infer", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True, help="checkpoint written by lrtl.train (model.pt)")
+    parser.add_argument("--frames", required=True, help="frames store of one sequence")
+    parser.add_argument(
+        "--params", required=True, type=json_params, help="JSON of the config section `infer`"
+    )
+    parser.add_argument("--run", required=True, help="run name, recorded in the masks store")
+    parser.add_argument(
+        "--out", required=True, help="masks store to write (soft [T,K,h,w], merged [T,2,h,w])"
+    )
+    parser.add_argument("--pictures", required=True, help="folder to write binary PNGs and overlays into")
+
+    def body(args: argparse.Namespace) -> None:
+        try:
+            params = InferParams.from_mapping(args.params, "infer")
+        except ValueError as err:
+            raise StageError(str(err)) from err
+        log.info("params: %s", params)
+        run_infer(
+            model=args.model,
+            frames=args.frames,
+            run=args.run,
+            out=args.out,
+            pictures=args.pictures,
+            params=params,
+        )
+
+    run_stage("infer", body, parser, argv)
+
+
+if __name__ == "__main__":
+    main()

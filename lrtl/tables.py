@@ -1,0 +1,542 @@
+"""Paper-style tables from per-frame metric TSVs (METHOD.md §9 step 5, §10).
+
+    python -m lrtl.tables --metrics A.tsv B.tsv ... --params '<json>' --out-dir results/tables
+
+Aggregation per dataset (`datasets.<name>` in params): keep the frames scored under `frame_rule`
+(lrtl.metrics.scored_frames), then
+- `per_sequence` (DAVIS): mean over sequences of the per-sequence mean;
+- `per_frame` (SegTrackv2, FBMS): mean over all scored frames of all sequences;
+reported x100. The official DAVIS measures (mean, recall, decay of J and F) are per-sequence statistics
+averaged over sequences, as the official DAVIS evaluation does.
+
+Files written into --out-dir (every one for every configured dataset / ablation, even when empty):
+    table1.{md,csv,tex}                     runs + no-learning baselines + quoted published numbers
+    ablation-{group}.{md,csv,tex}           one per entry of params.ablations
+    per-sequence-{dataset}.{md,csv,tex}     per-sequence J (and F) of every run
+    per-sequence-{dataset}.png              bar chart of per-sequence J
+    measures-{dataset}.{md,csv,tex}         official DAVIS measures J/F mean, recall, decay per run
+    summary.md                              the headline numbers in a few lines
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from lrtl import metrics
+from lrtl.cli import StageError, json_params, run_stage
+from lrtl.params import Params
+from lrtl.pictures import bar_chart
+from lrtl.stores import atomic_path, write_text
+
+log = logging.getLogger(__name__)
+
+AGGREGATES = ("per_sequence", "per_frame")
+BASELINE_RUN = "baseline"  # run name of lrtl.baseline's masks
+ALL_FOREGROUND = "all-foreground"  # pseudo-run from the j_all_foreground column
+QUOTED_DATASETS = ("davis2016", "segtrackv2", "fbms59")
+MISSING = "–"
+
+# Published J x100 (METHOD.md §10): (method, {dataset: value}, notes, status). Not produced by this pipeline.
+QUOTED = [
+    (
+        "LRTL (NeurIPS 2024)",
+        {"davis2016": 82.2},
+        "192x352, flow + CoTracker2 tracks for training",
+        "DAVIS secondary (third-party summary, rank ablation r = 5); STv2/FBMS not yet copied from the paper",
+    ),
+    (
+        "GWM (BMVC 2022)",
+        {"davis2016": 79.5, "segtrackv2": 78.3, "fbms59": 77.4},
+        "128x224, flow loss only",
+        "unconfirmed; released notebook prints 79.56 / 78.31 / 77.53 (confirmed)",
+    ),
+    (
+        "RCF, all stages (CVPR 2023)",
+        {"davis2016": 80.9, "segtrackv2": 76.7, "fbms59": 69.9},
+        "no CRF",
+        "confirmed",
+    ),
+    (
+        "OCLR, flow only (NeurIPS 2022)",
+        {"davis2016": 72.0, "segtrackv2": 67.6, "fbms59": 65.5},
+        "flow only",
+        "secondary",
+    ),
+    (
+        "CIS (CVPR 2019)",
+        {"davis2016": 70.3, "segtrackv2": 62.0, "fbms59": 63.6},
+        "with post-processing",
+        "secondary",
+    ),
+    ("EM (TPAMI 2022)", {"davis2016": 69.3, "segtrackv2": 55.5, "fbms59": 57.9}, "flow only", "secondary"),
+    (
+        "MotionGrouping (ICCV 2021)",
+        {"davis2016": 68.3, "segtrackv2": 58.6, "fbms59": 53.1},
+        "flow only",
+        "DAVIS confirmed; STv2/FBMS unconfirmed",
+    ),
+    (
+        "DyStaB (CVPR 2021)",
+        {"davis2016": 80.0, "segtrackv2": 74.0, "fbms59": 73.0},
+        "CRF",
+        "unconfirmed, approximate (about 80 / 74 / 73)",
+    ),
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetTableParams(Params):
+    label: str  # column heading, e.g. DAVIS16
+    aggregate: str  # per_sequence | per_frame
+    frame_rule: str  # reference | official | annotated (lrtl.metrics.scored_frames)
+    boundary: bool  # also show boundary F in Table 1 and ablations (DAVIS-like datasets)
+    quoted_as: str | None  # davis2016 | segtrackv2 | fbms59 | null: published column quoted next to it
+
+
+@dataclasses.dataclass(frozen=True)
+class AblationParams(Params):
+    title: str  # caption of the ablation table
+    runs: tuple  # run names, in row order
+
+
+@dataclasses.dataclass(frozen=True)
+class TablesParams(Params):
+    datasets: dict  # dataset name -> DatasetTableParams mapping (column order = mapping order)
+    ablations: dict  # group name -> AblationParams mapping
+    quoted: bool  # add the published numbers of METHOD.md §10 to Table 1
+
+
+def parse_params(
+    mapping: Mapping[str, Any],
+) -> tuple[TablesParams, dict[str, DatasetTableParams], dict[str, AblationParams]]:
+    params = TablesParams.from_mapping(mapping, "tables")
+    datasets = {
+        name: DatasetTableParams.from_mapping(value, f"tables.datasets.{name}")
+        for name, value in params.datasets.items()
+    }
+    for name, value in datasets.items():
+        if value.aggregate not in AGGREGATES:
+            raise ValueError(
+                f"tables.datasets.{name}.aggregate must be one of {AGGREGATES}, not {value.aggregate!r}"
+            )
+        if value.frame_rule not in metrics.FRAME_RULES:
+            raise ValueError(f"tables.datasets.{name}.frame_rule must be one of {metrics.FRAME_RULES}")
+        if value.quoted_as not in (None, *QUOTED_DATASETS):
+            raise ValueError(f"tables.datasets.{name}.quoted_as must be null or one of {QUOTED_DATASETS}")
+    ablations = {
+        name: AblationParams.from_mapping(value, f"tables.ablations.{name}")
+        for name, value in params.ablations.items()
+    }
+    return params, datasets, ablations
+
+
+# --------------------------------------------------------------------------- aggregation
+
+
+def read_metrics(paths: Sequence[str | Path]) -> pd.DataFrame:
+    """Concatenate per-frame TSVs written by lrtl.evaluate."""
+    frames = []
+    for path in paths:
+        if not Path(path).is_file():
+            raise StageError(
+                f"{path}: no per-frame metrics here; produce it with the pipeline (snakemake {path})"
+            )
+        table = pd.read_csv(path, sep="\t", dtype={"dataset": str, "sequence": str, "run": str})
+        if "j" not in table.columns:
+            raise StageError(f"{path}: not a per-frame metrics TSV of lrtl.evaluate (no column j)")
+        frames.append(table)
+    if not frames:
+        raise StageError("no --metrics files given")
+    table = pd.concat(frames, ignore_index=True)
+    for column in [c for c in table.columns if c.startswith("scored_")]:
+        table[column] = table[column].astype(str).str.lower().isin(["true", "1"])
+    return table
+
+
+def scored(table: pd.DataFrame, rule: str) -> pd.DataFrame:
+    return table[table[f"scored_{rule}"]]
+
+
+def aggregate(table: pd.DataFrame, column: str, how: str) -> float:
+    """x100 mean of `column` over scored rows: per_frame = over rows; per_sequence = over sequence means."""
+    if table.empty:
+        return math.nan
+    if how == "per_frame":
+        return 100 * float(table[column].mean())
+    return 100 * float(table.groupby("sequence")[column].mean().mean())
+
+
+def all_foreground_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows of the "all foreground" pseudo-run, one per (dataset, sequence, frame)."""
+    rows = table.drop_duplicates(["dataset", "sequence", "frame"]).copy()
+    rows["run"] = ALL_FOREGROUND
+    rows["j"] = rows["j_all_foreground"]
+    rows["f"] = np.nan
+    rows[["seed", "compat", "checkpoint_rule"]] = None
+    return rows
+
+
+def run_order(table: pd.DataFrame) -> list[str]:
+    """Learned runs in order of appearance, then the baselines."""
+    runs = list(dict.fromkeys(table["run"].astype(str)))
+    learned = [r for r in runs if r not in (BASELINE_RUN, ALL_FOREGROUND)]
+    return learned + [r for r in (BASELINE_RUN, ALL_FOREGROUND) if r in runs]
+
+
+def provenance(table: pd.DataFrame, run: str) -> dict[str, str]:
+    rows = table[table["run"] == run]
+
+    def values(column: str) -> str:
+        found = sorted({_plain(v) for v in rows[column].dropna()} if column in rows else set())
+        return ", ".join(found) if found else MISSING
+
+    return {"seed": values("seed"), "compat": values("compat"), "checkpoint": values("checkpoint_rule")}
+
+
+def _plain(value: Any) -> str:
+    """0.0 -> '0' (seeds read back from TSVs with missing values are floats)."""
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def sequence_statistics(rows: pd.DataFrame, column: str) -> tuple[float, float, float]:
+    """Mean over sequences of the official (mean, recall, decay) of `column`, each x100."""
+    stats = [
+        metrics.statistics(group.sort_values("frame")[column].to_numpy())
+        for _, group in rows.groupby("sequence")
+    ]
+    if not stats:
+        return math.nan, math.nan, math.nan
+    return tuple(100 * float(np.nanmean(values)) for values in zip(*stats, strict=True))
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def results_columns(
+    table: pd.DataFrame, run: str, datasets: Mapping[str, DatasetTableParams]
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, rule in datasets.items():
+        rows = scored(table[(table["dataset"] == name) & (table["run"] == run)], rule.frame_rule)
+        out[f"{rule.label} J"] = aggregate(rows, "j", rule.aggregate)
+        if rule.boundary:
+            out[f"{rule.label} F"] = aggregate(rows, "f", rule.aggregate)
+    return out
+
+
+def table1(table: pd.DataFrame, datasets: Mapping[str, DatasetTableParams], quoted: bool) -> pd.DataFrame:
+    rows = []
+    for run in run_order(table):
+        source = "ours" if run not in (BASELINE_RUN, ALL_FOREGROUND) else "ours, no learning"
+        rows.append(
+            {
+                "method": run,
+                "source": source,
+                **provenance(table, run),
+                **results_columns(table, run, datasets),
+                "status": "computed by lrtl",
+            }
+        )
+    if quoted:
+        for method, values, notes, status in QUOTED:
+            row = {
+                "method": method,
+                "source": "quoted",
+                "seed": MISSING,
+                "compat": MISSING,
+                "checkpoint": MISSING,
+            }
+            for rule in datasets.values():
+                row[f"{rule.label} J"] = values.get(rule.quoted_as, math.nan) if rule.quoted_as else math.nan
+                if rule.boundary:
+                    row[f"{rule.label} F"] = math.nan
+            row["status"] = f"{status}; {notes}"
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def ablation_table(
+    table: pd.DataFrame, datasets: Mapping[str, DatasetTableParams], ablation: AblationParams
+) -> pd.DataFrame:
+    rows = []
+    for run in ablation.runs:
+        present = bool((table["run"] == run).any())
+        rows.append(
+            {
+                "run": run,
+                **provenance(table, run),
+                **results_columns(table, run, datasets),
+                "status": "computed by lrtl" if present else "not run (add it to targets.runs)",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def per_sequence_table(table: pd.DataFrame, name: str, rule: DatasetTableParams) -> pd.DataFrame:
+    rows = scored(table[table["dataset"] == name], rule.frame_rule)
+    runs = run_order(rows) if not rows.empty else []
+    sequences = sorted(rows["sequence"].unique()) if not rows.empty else []
+    out = []
+    for sequence in sequences:
+        seq_rows = rows[rows["sequence"] == sequence]
+        entry: dict[str, Any] = {
+            "sequence": sequence,
+            "frames": int(seq_rows.drop_duplicates("frame").shape[0]),
+        }
+        for run in runs:
+            run_rows = seq_rows[seq_rows["run"] == run]
+            entry[f"{run} J"] = 100 * run_rows["j"].mean() if len(run_rows) else math.nan
+            if run != ALL_FOREGROUND:
+                entry[f"{run} F"] = 100 * run_rows["f"].mean() if len(run_rows) else math.nan
+        out.append(entry)
+    if out:
+        entry = {
+            "sequence": f"{name} ({rule.aggregate.replace('_', '-')} mean)",
+            "frames": int(sum(e["frames"] for e in out)),
+        }
+        for run in runs:
+            run_rows = rows[rows["run"] == run]
+            entry[f"{run} J"] = aggregate(run_rows, "j", rule.aggregate)
+            if run != ALL_FOREGROUND:
+                entry[f"{run} F"] = aggregate(run_rows, "f", rule.aggregate)
+        out.append(entry)
+    return pd.DataFrame(out, columns=None if out else ["sequence", "frames"])
+
+
+def measures_table(table: pd.DataFrame, name: str, rule: DatasetTableParams) -> pd.DataFrame:
+    rows = scored(table[table["dataset"] == name], rule.frame_rule)
+    out = []
+    for run in run_order(rows) if not rows.empty else []:
+        if run == ALL_FOREGROUND:
+            continue
+        run_rows = rows[rows["run"] == run]
+        j_stats = sequence_statistics(run_rows, "j")
+        f_stats = sequence_statistics(run_rows, "f")
+        out.append(
+            {
+                "run": run,
+                "J&F mean": (j_stats[0] + f_stats[0]) / 2,
+                "J mean": j_stats[0],
+                "J recall": j_stats[1],
+                "J decay": j_stats[2],
+                "F mean": f_stats[0],
+                "F recall": f_stats[1],
+                "F decay": f_stats[2],
+                "sequences": int(run_rows["sequence"].nunique()),
+            }
+        )
+    return pd.DataFrame(out, columns=None if out else ["run"])
+
+
+# --------------------------------------------------------------------------- formats
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return MISSING
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.1f}"
+    return str(value)
+
+
+def _numeric(column: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
+
+
+def to_markdown(frame: pd.DataFrame) -> str:
+    if frame.empty:
+        return "_no results_\n"
+    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
+    rule = "|" + "|".join("---:" if _numeric(frame[c]) else "---" for c in frame.columns) + "|"
+    lines = [header, rule]
+    lines += [
+        "| " + " | ".join(_cell(v).replace("|", "\\|") for v in row) + " |" for row in frame.itertuples(False)
+    ]
+    return "\n".join(lines) + "\n"
+
+
+TEX_ESCAPES = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "–": "--",
+}
+
+
+def _tex_escape(text: str) -> str:
+    return "".join(TEX_ESCAPES.get(char, char) for char in text)
+
+
+def to_latex(frame: pd.DataFrame, caption: str) -> str:
+    """A booktabs table (needs \\usepackage{booktabs})."""
+    if frame.empty:
+        return f"% {caption}: no results\n"
+    align = "".join("r" if _numeric(frame[c]) else "l" for c in frame.columns)
+    lines = [
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\small",
+        f"\\caption{{{_tex_escape(caption)}}}",
+        f"\\begin{{tabular}}{{{align}}}",
+        r"\toprule",
+        " & ".join(_tex_escape(str(c)) for c in frame.columns) + r" \\",
+        r"\midrule",
+    ]
+    lines += [" & ".join(_tex_escape(_cell(v)) for v in row) + r" \\" for row in frame.itertuples(False)]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_table(out_dir: Path, stem: str, frame: pd.DataFrame, title: str, preamble: str) -> list[Path]:
+    paths = [out_dir / f"{stem}.{ext}" for ext in ("md", "csv", "tex")]
+    write_text(paths[0], f"# {title}\n\n{preamble}\n\n{to_markdown(frame)}")
+    with atomic_path(paths[1]) as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.2f")
+    write_text(paths[2], to_latex(frame, title))
+    return paths
+
+
+def protocol_note(datasets: Mapping[str, DatasetTableParams]) -> str:
+    lines = [
+        "Numbers are J (region IoU) x100, and F (boundary F-measure, DAVIS definition) x100 where shown.",
+        "- **Ours** (`source` = ours): computed by lrtl from its own masks; `method` is the run name, "
+        "with its training `seed`, `compat` mode and the checkpoint rule (`last`: the final checkpoint, "
+        "no GT used for model selection). `baseline` is the no-learning flow-threshold baseline "
+        "(lrtl.baseline); "
+        "`all-foreground` marks every pixel as foreground.",
+        "- **Quoted** (`source` = quoted): published numbers copied from METHOD.md §10, NOT produced by this "
+        "pipeline; `status` says how well each number is sourced (confirmed / secondary / unconfirmed).",
+        "- Per frame: the K masks are merged to 2 without labels, upsampled to GT resolution, thresholded at "
+        "0.5, and the better of the 2 against GT is kept (METHOD.md §9).",
+        "- Aggregation per dataset:",
+    ]
+    for name, rule in datasets.items():
+        how = (
+            "mean over sequences of the per-sequence mean"
+            if rule.aggregate == "per_sequence"
+            else "mean over all scored frames"
+        )
+        lines.append(f"  - {rule.label} (`{name}`): {how}; frames scored by the `{rule.frame_rule}` rule.")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- stage
+
+
+def run_tables(
+    *, metrics_files: Sequence[str | Path], out_dir: str | Path, params: Mapping[str, Any]
+) -> list[Path]:
+    try:
+        _, datasets, ablations = parse_params(params)
+    except ValueError as err:
+        raise StageError(str(err)) from err
+    table = read_metrics(metrics_files)
+    unknown = sorted(set(table["dataset"].dropna()) - set(datasets))
+    if unknown:
+        raise StageError(
+            f"metrics of dataset(s) {unknown} but tables.datasets has only {sorted(datasets)}; "
+            f"add them to the tables params"
+        )
+    if not table.empty:
+        table = pd.concat([table, all_foreground_rows(table)], ignore_index=True)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    note = protocol_note(datasets)
+    written: list[Path] = []
+    main_table = table1(table, datasets, TablesParams.from_mapping(params).quoted)
+    written += write_table(
+        out_dir, "table1", main_table, "Table 1: unsupervised video object segmentation", note
+    )
+    for name, ablation in ablations.items():
+        written += write_table(
+            out_dir,
+            f"ablation-{name}",
+            ablation_table(table, datasets, ablation),
+            f"Ablation: {ablation.title}",
+            note,
+        )
+    for name, rule in datasets.items():
+        per_seq = per_sequence_table(table, name, rule)
+        written += write_table(
+            out_dir,
+            f"per-sequence-{name}",
+            per_seq,
+            f"Per-sequence results: {rule.label}",
+            note + "\n\nThe last row is the dataset aggregate under its rule.",
+        )
+        written += write_table(
+            out_dir,
+            f"measures-{name}",
+            measures_table(table, name, rule),
+            f"Official DAVIS measures: {rule.label}",
+            note + "\n\nMean, recall (fraction of frames > 0.5) and decay (first minus last "
+            "quarter) of J and F per sequence, averaged over sequences (official DAVIS "
+            "evaluation), on the scored frames.",
+        )
+        chart = {}
+        for column in [c for c in per_seq.columns if c.endswith(" J")]:
+            run = column[: -len(" J")]
+            chart[run] = {row["sequence"]: row[column] for _, row in per_seq.iloc[:-1].iterrows()}
+        path = out_dir / f"per-sequence-{name}.png"
+        bar_chart(path, chart, f"{rule.label}: per-sequence J ({rule.frame_rule} frames)", "J x100")
+        written.append(path)
+    summary = out_dir / "summary.md"
+    write_text(summary, summary_text(main_table, datasets))
+    written.append(summary)
+    log.info("wrote %d files to %s", len(written), out_dir)
+    return written
+
+
+def summary_text(main_table: pd.DataFrame, datasets: Mapping[str, DatasetTableParams]) -> str:
+    ours = main_table[main_table["source"] != "quoted"] if not main_table.empty else main_table
+    lines = [
+        "# Summary",
+        "",
+        "J x100 of our runs (computed by lrtl; checkpoint rule `last`). "
+        "See table1.md for quoted published numbers and the protocol.",
+        "",
+    ]
+    columns = ["method", "seed", *[c for c in ours.columns if c.endswith(" J")]] if not ours.empty else []
+    lines.append(to_markdown(ours[columns]) if columns else "_no results_\n")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m lrtl.tables", description=__doc__.split("\n")[0])
+    parser.add_argument("--metrics", required=True, nargs="+", help="per-frame TSVs written by lrtl.evaluate")
+    parser.add_argument(
+        "--params",
+        required=True,
+        type=json_params,
+        help="JSON: {datasets: {name: {label, aggregate, frame_rule, boundary, quoted_as}}, "
+        "ablations: {group: {title, runs}}, quoted: bool}",
+    )
+    parser.add_argument("--out-dir", required=True, help="folder for the tables (results/tables)")
+
+    def body(args: argparse.Namespace) -> None:
+        run_tables(metrics_files=args.metrics, out_dir=args.out_dir, params=args.params)
+
+    run_stage("tables", body, parser, argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,486 @@
+"""Train the segmentation model on frames, flow and tracks of the training sequences (METHOD.md §4-§8).
+
+    python -m lrtl.train --frames A.zarr B.zarr --flow A.zarr B.zarr --tracks A/index.json B/index.json \
+        --params '<json of the merged train section>' --state-dir DIR.state --out model.pt \
+        --metrics metrics.jsonl --curve loss.png
+
+The lists are aligned by position. Resume state (last.pt and the live metrics log) lives in --state-dir,
+outside the declared outputs, so a killed job continues where it stopped (STYLE.md §12). The final model.pt,
+the metrics.jsonl copy and the loss-curve PNG are written atomically at the end.
+
+Loss: w_flow L_flow + w_traj L_traj + w_temp a(it) L_temp (METHOD.md §7); a term whose weight is 0 is not
+computed (ablations flow_only / tracks_only). `compat: reference` restores the reference's schedules (160k
+horizon), gradient clip 0.01, temporal-loss centre index, half-pixel sampling, flip without negating u and the
+track-sampling quirks (METHOD.md §11).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import resource
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from lrtl import __version__, losses
+from lrtl.cli import StageError, json_params, progress_enabled, run_stage
+from lrtl.data import DataParams, TrainItems, flatten_batch, load_sequence, make_loader
+from lrtl.model import CHECKPOINT_FORMAT, build_model, normalize_images
+from lrtl.params import Params
+from lrtl.stores import atomic_path, write_text
+
+log = logging.getLogger(__name__)
+
+REFERENCE_HORIZON = 160_000  # the reference's nominal schedule length (METHOD.md §8, §11 item 3)
+REFERENCE_GRAD_CLIP = 0.01  # the reference's inherited clip (METHOD.md §11 item 2)
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneParams(Params):
+    name: str  # small | dino_vitb8
+    channels: tuple[int, ...]  # small: widths of the stride-2 stages
+    weights: str | None  # dino_vitb8: local DINO weights file (null = random, tests only)
+    layers: tuple[int, ...]  # dino_vitb8: blocks whose 'key' features feed the decoder (paper 5, 7, 9, 11)
+    patch_stride: int  # dino_vitb8: patch-embedding stride (paper 4)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelParams(Params):
+    backbone: BackboneParams
+    k: int  # K masks (paper 4)
+    input_size: tuple[int, ...]  # [h, w] model input (paper 192x352)
+    hidden: int  # decoder width (paper 256)
+    heads: int  # attention heads (paper 8)
+    decoder_layers: int  # transformer decoder layers (paper 6)
+    ffn: int  # transformer feed-forward width (paper 2048)
+    dropout: float  # transformer dropout (paper 0.1)
+    mask_stride: int  # input pixels per mask-feature cell (paper ~1)
+
+
+@dataclasses.dataclass(frozen=True)
+class LossParams(Params):
+    w_flow: float  # weight of L_flow (paper 0.03)
+    w_traj: float  # weight of L_traj (paper 5e-5)
+    w_temp: float  # weight of L_temp before the ramp (paper 0.1)
+    rank: int  # r (paper 5)
+    route: str  # gram | qr: small-factor route of L_traj (METHOD.md §12.1)
+    weight_clamp: float  # mask weights clamped to [c, 1 - c] (paper 1e-6)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimParams(Params):
+    lr: float  # AdamW base learning rate (paper 1.5e-4)
+    weight_decay: float  # (paper 0.01; 0 for norms and query embeddings)
+    warmup: float  # linear warm-up length, fraction of iterations (paper 1500 / 20000 = 0.075)
+    poly_power: float  # poly decay exponent (paper 0.9)
+    grad_clip: float  # full-model gradient-norm clip (paper 0.01, lrtl 1.0; compat: reference forces 0.01)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainParams(Params):
+    model: ModelParams
+    data: DataParams
+    loss: LossParams
+    optim: OptimParams
+    iterations: int  # optimisation steps (paper 20000)
+    batch_items: int  # 4-frame items per step (paper 2 = 8 frames)
+    seed: int
+    deterministic: bool  # torch deterministic algorithms
+    device: str  # auto | cpu | cuda
+    compat: str  # fixed | reference (METHOD.md §11)
+    log_every: int  # steps between metrics.jsonl lines
+    checkpoint_every: int  # steps between resume checkpoints (state-dir/last.pt)
+
+
+def parse_params(mapping: dict[str, Any]) -> TrainParams:
+    try:
+        params = TrainParams.from_mapping(mapping, "train")
+    except (ValueError, TypeError) as err:
+        raise StageError(f"--params: {err}") from err
+    if params.compat not in ("fixed", "reference"):
+        raise StageError(f"train.compat must be fixed or reference, got {params.compat!r}")
+    if params.device not in ("auto", "cpu", "cuda"):
+        raise StageError(f"train.device must be auto, cpu or cuda, got {params.device!r}")
+    if params.loss.route not in ("gram", "qr"):
+        raise StageError(f"train.loss.route must be gram or qr, got {params.loss.route!r}")
+    return params
+
+
+# --------------------------------------------------------------------------- schedules
+
+
+def lr_factor(step: int, iterations: int, warmup: float, power: float, reference: bool) -> float:
+    """Linear warm-up from 1e-6 over `warmup * iterations` steps, times (1 - step / horizon) ** power;
+    horizon = iterations (lrtl) or the nominal 160k (compat: reference, METHOD.md §8, §12.4)."""
+    horizon = REFERENCE_HORIZON if reference else iterations
+    warm_steps = round(warmup * iterations)
+    factor = 1.0
+    if step < warm_steps:
+        alpha = step / warm_steps
+        factor = 1e-6 * (1 - alpha) + alpha
+    return factor * max(1.0 - step / horizon, 0.0) ** power
+
+
+def temporal_ramp(step: int, iterations: int, reference: bool) -> float:
+    """a(it) = 0.001 + 0.999 min(it / horizon, 1) (METHOD.md §7.3)."""
+    horizon = REFERENCE_HORIZON if reference else iterations
+    return 0.001 + 0.999 * min(step / horizon, 1.0)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise StageError("train.device is cuda but no CUDA device is available; use auto or cpu")
+    return torch.device(name)
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay except for norm layers and the query embeddings (MaskFormer / METHOD.md §8)."""
+    decay, no_decay = [], []
+    for module in model.modules():
+        exempt = isinstance(module, (torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.Embedding))
+        for parameter in module.parameters(recurse=False):
+            if parameter.requires_grad:
+                (no_decay if exempt else decay).append(parameter)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def git_sha() -> str | None:
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None
+
+
+def memory_mb(device: torch.device) -> dict[str, float]:
+    usage = {"max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    if device.type == "cuda":
+        usage["cuda_max_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return usage
+
+
+def save_checkpoint(path: Path, model, params: TrainParams, step: int, optimizer=None) -> None:
+    """Self-describing checkpoint (STYLE.md §12): model args, params, step, versions (+ optimiser, RNG)."""
+    checkpoint = {
+        "format": CHECKPOINT_FORMAT,
+        "model": model.trainable_state_dict(),
+        "model_cfg": params.model.to_dict(),
+        "params": params.to_dict(),
+        "step": step,
+        "lrtl_version": __version__,
+        "torch_version": torch.__version__,
+        "git_sha": git_sha(),
+        "backbone_sha256": getattr(model.backbone, "weights_sha256", None),
+    }
+    if optimizer is not None:
+        checkpoint["optimizer"] = optimizer.state_dict()
+        checkpoint["torch_rng"] = torch.get_rng_state()
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint, tmp)
+
+
+def read_metrics(path: Path, up_to_step: int | None = None) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [row for row in rows if up_to_step is None or row["step"] <= up_to_step]
+
+
+def write_curve(rows: list[dict[str, Any]], out: Path, title: str) -> None:
+    """Loss terms (log scale) and learning rate against step, PNG (Agg canvas; no pyplot global state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(8, 4.5), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot(1, 1, 1)
+    steps = [row["step"] for row in rows]
+    for name in ("loss", "loss_flow", "loss_traj", "loss_temp"):
+        values = [row.get(name) for row in rows]
+        if any(v is not None and v > 0 for v in values):
+            axes.plot(steps, [v if v is not None and v > 0 else np.nan for v in values], label=name)
+    axes.set_yscale("log")
+    axes.set_xlabel("step")
+    axes.set_ylabel("weighted loss")
+    axes.set_title(title)
+    if rows:
+        lr_axes = axes.twinx()
+        lr_axes.plot(steps, [row["lr"] for row in rows], color="grey", linestyle=":", label="lr")
+        lr_axes.set_ylabel("learning rate")
+    axes.legend(loc="upper right")
+    figure.tight_layout()
+    with atomic_path(out) as tmp:
+        figure.savefig(tmp, format="png")
+
+
+def metrics_row(step: int, lr: float, grad_norm: float, window: dict[str, Any], device) -> dict[str, Any]:
+    """One metrics.jsonl line: means over the steps since the last line."""
+    n_steps = window["n"]
+    row = {"step": step, "lr": lr, "grad_norm": grad_norm, "it_per_s": n_steps / max(window["step"], 1e-9),
+           "data_wait": window["data"] / max(window["step"], 1e-9)}
+    for name, total in window["sums"].items():
+        row["loss" if name == "total" else f"loss_{name}"] = total / n_steps
+    return {**row, **memory_mb(device)}
+
+
+def log_row(row: dict[str, Any], iterations: int) -> None:
+    terms = ", ".join(f"{name[5:]} {value:.4g}" for name, value in row.items()
+                      if name.startswith("loss_") and not name.startswith("loss_raw"))
+    log.info("step %d/%d loss %.4g (%s) lr %.3g, %.2f it/s, data wait %.0f%%", row["step"], iterations,
+             row["loss"], terms, row["lr"], row["it_per_s"], 100 * row["data_wait"])
+
+
+def compute_losses(
+    out, batch: dict[str, torch.Tensor], params: TrainParams, step: int, frame_size: tuple[int, int]
+) -> dict[str, torch.Tensor]:
+    """Weighted loss terms of one step (unweighted values under 'raw_*'); terms with weight 0 are skipped."""
+    loss, reference = params.loss, params.compat == "reference"
+    align_corners = not reference  # METHOD.md §11 item 6
+    masks = out.logits.softmax(dim=1)  # [4B, K, h, w]
+    terms: dict[str, torch.Tensor] = {}
+    if loss.w_flow:
+        flow = batch["flow"]  # [4B, 2, hf, wf]
+        resized = F.interpolate(masks, size=flow.shape[-2:], mode="bilinear", align_corners=False)
+        raw = losses.flow_loss(resized, flow)
+        terms["raw_flow"], terms["flow"] = raw, loss.w_flow * raw
+    if loss.w_traj:
+        weights = losses.mask_weights(masks, batch["loc"], loss.weight_clamp, align_corners)  # [4B, K, N]
+        traj = losses.trajectory_matrix(batch["tracks"])  # [4B, 2C, N]
+        raw = losses.lowrank_trajectory_loss(traj, weights, loss.rank, loss.route)
+        terms["raw_traj"], terms["traj"] = raw, loss.w_traj * raw
+    if loss.w_temp:
+        raw = losses.temporal_loss_items(
+            masks,
+            batch["tracks"],
+            batch["vis"],
+            batch["loc"],
+            batch["t_index"],
+            frame_size=frame_size,
+            offset=params.data.pair_offset,
+            compat_reference=reference,
+            align_corners=align_corners,
+        )
+        ramp = temporal_ramp(step, params.iterations, reference)
+        terms["raw_temp"], terms["temp"] = raw, loss.w_temp * ramp * raw
+    if not any(name in terms for name in ("flow", "traj", "temp")):
+        raise StageError("train.loss: all of w_flow, w_traj and w_temp are 0; nothing to train")
+    terms["total"] = sum(terms[name] for name in ("flow", "traj", "temp") if name in terms)
+    return terms
+
+
+# --------------------------------------------------------------------------- the training function
+
+
+def run_train(
+    *,
+    frames: Sequence[str | os.PathLike],
+    flow: Sequence[str | os.PathLike],
+    tracks: Sequence[str | os.PathLike],
+    params: TrainParams,
+    state_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    metrics: str | os.PathLike,
+    curve: str | os.PathLike,
+) -> None:
+    """Train top to bottom: data -> model -> optimiser -> resume -> loop -> model.pt, metrics, curve."""
+    started = time.perf_counter()
+    if not (len(frames) == len(flow) == len(tracks)):
+        raise StageError(
+            f"--frames ({len(frames)}), --flow ({len(flow)}) and --tracks ({len(tracks)}) must list "
+            f"the same sequences in the same order"
+        )
+    state_dir, out, metrics, curve = Path(state_dir), Path(out), Path(metrics), Path(curve)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(params.device)
+    reference = params.compat == "reference"
+    grad_clip = REFERENCE_GRAD_CLIP if reference else params.optim.grad_clip
+
+    # data: frames and flow of every sequence in memory, tracks read per query frame
+    sequences = [
+        load_sequence(f, w, t, input_size=params.model.input_size, params=params.data)
+        for f, w, t in zip(frames, flow, tracks, strict=True)
+    ]
+    items = TrainItems(sequences, params.data, seed=params.seed, compat_reference=reference)
+    log.info(
+        "%d training sequences, %d frames; tracks at %s px",
+        len(sequences),
+        sum(s.n_frames for s in sequences),
+        items.track_size,
+    )
+
+    # model and optimiser (AdamW; no weight decay for norms and query embeddings)
+    model = build_model(params.model.to_dict()).to(device)
+    optimizer = torch.optim.AdamW(param_groups(model, params.optim.weight_decay), lr=params.optim.lr)
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info(
+        "model: %s backbone, K=%d, %d trainable parameters, device %s",
+        params.model.backbone.name,
+        params.model.k,
+        n_trainable,
+        device,
+    )
+
+    # resume from the state dir when its checkpoint was written with the same params
+    step = 0
+    last, live_metrics = state_dir / "last.pt", state_dir / "metrics.jsonl"
+    if last.is_file():
+        state = torch.load(last, map_location="cpu", weights_only=False)
+        if state.get("params") == params.to_dict() and state.get("format") == CHECKPOINT_FORMAT:
+            model.load_state_dict(state["model"], strict=False)
+            optimizer.load_state_dict(state["optimizer"])
+            torch.set_rng_state(state["torch_rng"])
+            step = int(state["step"])
+            log.info("resumed from %s at step %d", last, step)
+        else:
+            log.warning("%s was written with other params; starting from step 0", last)
+    # the live log keeps the lines up to the resumed step (a killed run may have logged beyond its checkpoint)
+    rows = read_metrics(live_metrics, up_to_step=step) if step else []
+    write_text(live_metrics, "".join(json.dumps(row) + "\n" for row in rows))
+
+    loader = make_loader(
+        items,
+        batch_items=params.batch_items,
+        first_item=step * params.batch_items,
+        n_items=(params.iterations - step) * params.batch_items,
+    )
+    model.train()
+    window = {"data": 0.0, "step": 0.0, "n": 0, "sums": {}}
+    progress = tqdm(
+        total=params.iterations, initial=step, desc="train", unit="it", disable=not progress_enabled()
+    )
+    tic = time.perf_counter()
+    with live_metrics.open("a") as metrics_log:
+        for batch in loader:
+            # lr schedule relative to this run's own length
+            lr = params.optim.lr * lr_factor(
+                step, params.iterations, params.optim.warmup, params.optim.poly_power, reference
+            )
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            batch = {
+                name: value.to(device, non_blocking=True) for name, value in flatten_batch(batch).items()
+            }
+            data_done = time.perf_counter()
+
+            out_model = model(normalize_images(batch["rgb"]))  # logits [4B, K, h, w]
+            terms = compute_losses(out_model, batch, params, step, items.track_size)
+            optimizer.zero_grad(set_to_none=True)
+            terms["total"].backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            optimizer.step()
+            step += 1
+
+            toc = time.perf_counter()
+            window["data"] += data_done - tic
+            window["step"] += toc - tic
+            window["n"] += 1
+            for name, value in terms.items():
+                window["sums"][name] = window["sums"].get(name, 0.0) + float(value.detach())
+            tic = toc
+            progress.update(1)
+            progress.set_postfix(loss=f"{float(terms['total'].detach()):.4g}", refresh=False)
+
+            if step % params.log_every == 0 or step == params.iterations:
+                row = metrics_row(step, lr, float(grad_norm), window, device)
+                metrics_log.write(json.dumps(row) + "\n")
+                metrics_log.flush()
+                log_row(row, params.iterations)
+                window = {"data": 0.0, "step": 0.0, "n": 0, "sums": {}}
+            if step % params.checkpoint_every == 0 or step == params.iterations:
+                save_checkpoint(last, model, params, step, optimizer)
+    progress.close()
+
+    # final artefacts: model.pt, the metrics log and the curve, each written atomically
+    save_checkpoint(out, model, params, step)
+    rows = read_metrics(live_metrics)
+    write_text(metrics, "".join(json.dumps(row) + "\n" for row in rows))
+    write_curve(rows, curve, f"{params.model.backbone.name}, K={params.model.k}, {step} steps")
+    log.info(
+        "wrote %s after %d steps in %.1f s (%s)",
+        out,
+        step,
+        time.perf_counter() - started,
+        memory_mb(device),
+    )
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m lrtl.train", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--frames", nargs="+", required=True, help="frames stores of the training sequences"
+    )
+    parser.add_argument("--flow", nargs="+", required=True, help="flow stores, in the order of --frames")
+    parser.add_argument(
+        "--tracks", nargs="+", required=True, help="tracks index.json files, in the order of --frames"
+    )
+    parser.add_argument(
+        "--params", type=json_params, required=True, help="JSON of the run's merged train section"
+    )
+    parser.add_argument("--state-dir", required=True, help="resume state folder (not a declared output)")
+    parser.add_argument("--out", required=True, help="final checkpoint (model.pt)")
+    parser.add_argument("--metrics", required=True, help="metrics log to write (jsonl)")
+    parser.add_argument("--curve", required=True, help="loss-curve PNG to write")
+    parser.add_argument(
+        "--threads", type=int, help="torch CPU threads (the rule's threads; omitted: torch's choice)"
+    )
+    return parser
+
+
+def apply_determinism(params: TrainParams) -> None:
+    """Seeds and determinism switches (STYLE.md §14: applied in main, never at import)."""
+    if params.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before CUDA starts
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    torch.manual_seed(params.seed)
+    np.random.seed(params.seed)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    def body(args: argparse.Namespace) -> None:
+        params = parse_params(args.params)
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        apply_determinism(params)
+        run_train(
+            frames=args.frames,
+            flow=args.flow,
+            tracks=args.tracks,
+            params=params,
+            state_dir=args.state_dir,
+            out=args.out,
+            metrics=args.metrics,
+            curve=args.curve,
+        )
+
+    run_stage("train", body, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    main()

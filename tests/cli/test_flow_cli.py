@@ -1,0 +1,130 @@
+"""`python -m lrtl.flow` in process: dis, oracle, raft (random weights), .flo files and their import."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from lrtl import flow, stores
+from lrtl.synthetic import load_scene
+
+PARAMS = {
+    "backend": "dis",
+    "gaps": [2],
+    "dis": {"preset": "medium"},
+    "raft": {"weights": "unused.pth", "iterations": 1, "device": "cpu", "batch_size": 2},
+    "flo": {"subdir": ""},
+}
+
+
+@pytest.fixture(scope="module")
+def sequence(tiny_dataset):
+    name, paths = next(iter(tiny_dataset["sequences"].items()))
+    return {"name": name, "frames": str(paths["frames"]), "gt": str(paths["ground_truth"])}
+
+
+def run(sequence, out, params, *flags):
+    flow.main(["--frames", sequence["frames"], "--params", json.dumps(params), *flags, "--out", str(out)])
+
+
+def endpoint_error(a, b):
+    return float(np.linalg.norm(a - b, axis=-1).mean())
+
+
+def test_oracle_and_dis_write_both_directions_of_every_gap(sequence, tmp_path):
+    run(sequence, tmp_path / "oracle.zarr", {**PARAMS, "backend": "oracle"}, "--ground-truth", sequence["gt"])
+    run(sequence, tmp_path / "dis.zarr", PARAMS)
+    scene = load_scene(sequence["gt"])
+    oracle, dis = stores.open_flow(tmp_path / "oracle.zarr"), stores.open_flow(tmp_path / "dis.zarr")
+    assert stores.validate(tmp_path / "dis.zarr")["gaps"] == [1, 2]  # gap 1 always added
+    assert dis.attrs["backend"] == "dis" and dis.attrs["params"] == PARAMS
+    for gap in (1, -1, 2, -2):
+        pairs = flow.flow_pairs(12, gap)
+        exact = np.stack([scene.flow(i, gap) for i, _ in pairs])  # [P, H, W, 2]
+        assert np.array_equal(np.stack([stores.read_flow(oracle, gap, i) for i, _ in pairs]), exact)
+        estimate = np.stack([stores.read_flow(dis, gap, i) for i, _ in pairs])
+        # DIS is clearly better than no motion at all, even on 64x96 frames
+        assert endpoint_error(estimate, exact) < 0.7 * endpoint_error(0 * exact, exact)
+        invalid = range(12 - gap, 12) if gap > 0 else range(0, -gap)
+        assert all(not dis[stores.flow_name(gap)][i].any() for i in invalid)
+
+
+def test_raft_with_random_weights(sequence, tmp_path, capsys):
+    import torch
+    from torchvision.models.optical_flow import raft_large
+
+    weights = tmp_path / "raft_random.pth"
+    torch.manual_seed(0)
+    torch.save(raft_large(weights=None).state_dict(), weights)
+    params = {**PARAMS, "backend": "raft", "gaps": [1], "raft": {**PARAMS["raft"], "weights": str(weights)}}
+    short = {**sequence, "frames": str(tmp_path / "short.zarr")}  # 2 frames keep RAFT on CPU quick
+    stores.write_frames(
+        short["frames"],
+        stores.read_rgb(sequence["frames"])[:2],
+        np.zeros((0, 64, 96), bool),
+        np.zeros(0, np.int32),
+        dataset="tiny",
+        sequence="short",
+    )
+    run(short, tmp_path / "raft.zarr", params, "--weights", str(weights))
+    group = stores.open_flow(tmp_path / "raft.zarr")
+    forward = group["forward_1"][...]
+    assert forward.shape == (2, 64, 96, 2) and np.isfinite(forward).all() and forward[0].any()
+    assert len(group.attrs["weights_sha256"]) == 64
+
+    with pytest.raises(SystemExit):
+        run(short, tmp_path / "raft2.zarr", params, "--weights", str(tmp_path / "missing.pth"))
+    err = capsys.readouterr().err
+    assert "missing.pth" in err and "download_weights" in err
+    assert not (tmp_path / "raft2.zarr").exists()
+
+
+def test_flo_round_trip_and_format(tmp_path):
+    rng = np.random.default_rng(0)
+    data = rng.normal(0, 5, (7, 11, 2)).astype(np.float32)
+    path = tmp_path / "a" / "00003.flo"
+    flow.write_flo(path, data)
+    assert np.array_equal(flow.read_flo(path), data)
+    raw = path.read_bytes()  # Middlebury: tag, width, height, then row-major (u, v) float32
+    assert np.frombuffer(raw[:4], np.float32)[0] == np.float32(202021.25)
+    assert np.frombuffer(raw[4:12], np.int32).tolist() == [11, 7]
+    assert np.array_equal(np.frombuffer(raw[12:], np.float32).reshape(7, 11, 2), data)
+    (tmp_path / "bad.flo").write_bytes(b"\x00" * 16)
+    with pytest.raises(flow.StageError, match="not a Middlebury"):
+        flow.read_flo(tmp_path / "bad.flo")
+
+
+def test_resize_flow_keeps_pixel_units():
+    field = np.ones((10, 20, 2), np.float32)
+    resized = flow.resize_flow(field, 5, 40)
+    assert (
+        resized.shape == (5, 40, 2) and np.allclose(resized[..., 0], 2) and np.allclose(resized[..., 1], 0.5)
+    )
+
+
+def test_motiongrouping_flo_import_matches_the_source(sequence, tmp_path):
+    run(sequence, tmp_path / "oracle.zarr", {**PARAMS, "backend": "oracle"}, "--ground-truth", sequence["gt"])
+    oracle = stores.open_flow(tmp_path / "oracle.zarr")
+    names = stores.open_store(sequence["frames"], "frames").attrs["frame_names"]
+    root = tmp_path / "DAVIS"
+    for gap in (1, -1, 2, -2):
+        for i, _ in flow.flow_pairs(12, gap):
+            flow.write_flo(
+                flow.motiongrouping_flo_path(root, "1080p", sequence["name"], names, i, gap),
+                stores.read_flow(oracle, gap, i),
+            )
+    assert (
+        root / "Flows_gap-2" / "1080p" / sequence["name"] / f"{names[11].rsplit('.', 1)[0]}.flo"
+    ).is_file()
+    run(
+        sequence,
+        tmp_path / "flo.zarr",
+        {**PARAMS, "backend": "flo", "flo": {"subdir": "1080p"}},
+        "--flo-root",
+        str(root),
+    )
+    imported = stores.open_flow(tmp_path / "flo.zarr")
+    for gap in (1, -1, 2, -2):
+        assert np.array_equal(imported[stores.flow_name(gap)][...], oracle[stores.flow_name(gap)][...])

@@ -1,0 +1,161 @@
+"""lrtl.infer and lrtl.baseline command lines on a tiny moving-square sequence."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lrtl import stores
+from lrtl.baseline import main as baseline_main
+from lrtl.infer import main as infer_main
+
+T, H, W = 6, 40, 56
+
+TINY_MODEL = {
+    "backbone": {"name": "small", "channels": [8, 16]},
+    "k": 4,
+    "input_size": [32, 48],
+    "hidden": 16,
+    "heads": 2,
+    "decoder_layers": 1,
+    "ffn": 32,
+    "dropout": 0.0,
+    "mask_stride": 2,
+}
+PICTURES = {"thumb_width": 40, "sheet_columns": 3, "sheet_max_frames": 4, "gif_fps": 5.0, "alpha": 0.5}
+INFER = {
+    "device": "cpu",
+    "batch_size": 4,
+    "merge_features": "decoder",
+    "dino_weights": None,
+    "dino_patch_stride": 4,
+    "pictures": PICTURES,
+}
+
+
+def square_masks(n_frames=T, height=H, width=W, speed=3):
+    masks = np.zeros((n_frames, height, width), dtype=bool)
+    for t in range(n_frames):
+        masks[t, 10:24, 8 + speed * t : 22 + speed * t] = True
+    return masks
+
+
+@pytest.fixture(scope="module")
+def sequence(tmp_path_factory):
+    root = tmp_path_factory.mktemp("infer")
+    rng = np.random.default_rng(0)
+    masks = square_masks()
+    rgb = rng.integers(0, 80, size=(T, H, W, 3), dtype=np.uint8)
+    rgb[masks] = 200
+    frames = root / "frames.zarr"
+    stores.write_frames(frames, rgb, masks, np.arange(T), dataset="tiny", sequence="square")
+    return {"root": root, "frames": frames, "masks": masks}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(sequence):
+    from lrtl.model import CHECKPOINT_FORMAT, build_model
+
+    torch.manual_seed(0)
+    model = build_model(dict(TINY_MODEL))
+    path = sequence["root"] / "model.pt"
+    torch.save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "model_cfg": dict(TINY_MODEL),
+            "model": model.state_dict(),
+            "step": 7,
+            "params": {"seed": 3, "compat": "fixed"},
+        },
+        path,
+    )
+    return path
+
+
+def run_infer(sequence, checkpoint, params, name):
+    out = sequence["root"] / f"{name}.zarr"
+    pictures = sequence["root"] / name
+    infer_main(
+        [
+            "--model", str(checkpoint),
+            "--frames", str(sequence["frames"]),
+            "--params", json.dumps(params),
+            "--run", name,
+            "--out", str(out),
+            "--pictures", str(pictures),
+        ]
+    )  # fmt: skip
+    return out, pictures
+
+
+def test_infer_writes_masks_and_pictures(sequence, checkpoint):
+    out, pictures = run_infer(sequence, checkpoint, INFER, "full")
+    attrs = stores.validate(out)
+    soft, merged, attrs = stores.read_masks(out)
+    assert soft.shape == (T, 4, 32, 48) and merged.shape == (T, 2, 32, 48)
+    assert attrs["run"] == "full" and attrs["sequence"] == "square" and attrs["seed"] == 3
+    assert attrs["checkpoint_rule"] == "last" and attrs["checkpoint_step"] == 7
+    np.testing.assert_allclose(soft.sum(axis=1), 1.0, atol=5e-3)  # softmax over K (float16 storage)
+    # the merge partitions the K masks: each merged mask is the sum of its group's soft masks
+    groups = np.array(attrs["groups"])  # [T, K]
+    for t in range(T):
+        for g in (0, 1):
+            np.testing.assert_allclose(merged[t, g], soft[t][groups[t] == g].sum(axis=0), atol=5e-3)
+    pngs = sorted(pictures.glob("[0-9]*.png"))
+    assert [p.name for p in pngs] == [f"{t:05d}.png" for t in range(T)]
+    binary = np.array(Image.open(pngs[0]))
+    assert binary.shape == (H, W) and set(np.unique(binary)) <= {0, 255}
+    for name in ("overlay-sheet.png", "k-masks-sheet.png", "overlay.gif"):
+        assert (pictures / name).is_file()
+    assert Image.open(pictures / "overlay.gif").n_frames == T
+    assert not list(sequence["root"].glob("*.tmp-*"))  # atomic writes leave nothing behind
+
+
+def test_infer_dino_merge_needs_weights_file(sequence, checkpoint, capsys):
+    params = dict(INFER, merge_features="dino_vits8", dino_weights=str(sequence["root"] / "missing.pth"))
+    with pytest.raises(SystemExit):
+        run_infer(sequence, checkpoint, params, "dino-missing")
+    err = capsys.readouterr().err
+    assert "missing.pth" in err and "download_weights" in err
+
+
+def test_infer_dino_merge_with_random_weights(sequence, checkpoint):
+    import timm
+
+    weights = sequence["root"] / "dino_vits8_random.pth"
+    vit = timm.create_model("vit_small_patch8_224", pretrained=False, num_classes=0)
+    torch.save(vit.state_dict(), weights)
+    params = dict(INFER, merge_features="dino_vits8", dino_weights=str(weights))
+    out, _ = run_infer(sequence, checkpoint, params, "dino")
+    soft, merged, attrs = stores.read_masks(out)
+    assert attrs["merge"] == "dino_vits8"
+    np.testing.assert_allclose(merged.sum(axis=1), 1.0, atol=5e-3)
+
+
+def test_infer_rejects_unknown_param(sequence, checkpoint):
+    with pytest.raises(SystemExit):
+        run_infer(sequence, checkpoint, dict(INFER, batchsize=2), "typo")
+
+
+def test_baseline_finds_the_moving_square_under_camera_motion(sequence):
+    masks = sequence["masks"]
+    camera = np.array([1.5, -0.5], dtype=np.float32)
+    flows = {g: np.zeros((T, H, W, 2), np.float32) + np.sign(g) * camera for g in (1, -1)}
+    for t in range(T):
+        flows[1][t][masks[t]] = camera + [3.0, 0.0]  # the square moves 3 px right relative to the camera
+        flows[-1][t][masks[t]] = -(camera + [3.0, 0.0])
+    flow = sequence["root"] / "flow.zarr"
+    stores.write_flow(flow, flows, backend="test")
+    for model in ("median", "affine"):
+        out = sequence["root"] / f"baseline-{model}.zarr"
+        params = {"camera_model": model, "threshold_px": 1.0, "fit_iterations": 2}
+        baseline_main(
+            ["--flow", str(flow), "--frames", str(sequence["frames"]), "--params", json.dumps(params),
+             "--out", str(out)]
+        )  # fmt: skip
+        soft, merged, attrs = stores.read_masks(out)
+        assert attrs["run"] == "baseline" and merged.shape == (T, 2, H, W)
+        np.testing.assert_array_equal(merged[:, 0] > 0.5, masks)
+        np.testing.assert_array_equal(merged[:, 1], 1 - merged[:, 0])

@@ -1,0 +1,232 @@
+"""`python -m lrtl.train` in process on the tiny synthetic dataset: outputs, resume after a kill, seeds."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from lrtl import train
+from lrtl.model import load_checkpoint
+from tests.unit.test_data import build_training_inputs
+
+PARAMS = {
+    "model": {
+        "backbone": {
+            "name": "small",
+            "channels": [8, 16],
+            "weights": None,
+            "layers": [],
+            "patch_stride": 4,
+        },
+        "k": 3,
+        "input_size": [32, 48],
+        "hidden": 16,
+        "heads": 2,
+        "decoder_layers": 1,
+        "ffn": 32,
+        "dropout": 0.1,
+        "mask_stride": 4,
+    },
+    "data": {
+        "gaps": [1, 2],
+        "pair_offset": 3,
+        "n_tracks": 64,
+        "context": 9,
+        "smooth": 3,
+        "min_visibility": 0.1,
+        "flow_size": [16, 24],
+        "flow_clamp": 20.0,
+        "flip": 0.5,
+        "workers": 0,
+        "cache_queries": 64,
+    },
+    "loss": {
+        "w_flow": 0.03,
+        "w_traj": 1e-3,
+        "w_temp": 0.1,
+        "rank": 2,
+        "route": "gram",
+        "weight_clamp": 1e-6,
+    },
+    "optim": {"lr": 1e-3, "weight_decay": 0.01, "warmup": 0.25, "poly_power": 0.9, "grad_clip": 1.0},
+    "iterations": 4,
+    "batch_items": 1,
+    "seed": 0,
+    "deterministic": True,
+    "device": "cpu",
+    "compat": "fixed",
+    "log_every": 1,
+    "checkpoint_every": 2,
+}
+
+
+@pytest.fixture(scope="module")
+def inputs(tiny_dataset, tmp_path_factory):
+    return build_training_inputs(tiny_dataset, tmp_path_factory.mktemp("train_cli_inputs"))
+
+
+def run(inputs, root, params=PARAMS):
+    root.mkdir(parents=True, exist_ok=True)
+    train.main(
+        [
+            "--frames",
+            *inputs["frames"],
+            "--flow",
+            *inputs["flow"],
+            "--tracks",
+            *inputs["tracks"],
+            "--params",
+            json.dumps(params),
+            "--state-dir",
+            str(root / "run.state"),
+            "--out",
+            str(root / "run" / "model.pt"),
+            "--metrics",
+            str(root / "run" / "metrics.jsonl"),
+            "--curve",
+            str(root / "run" / "loss.png"),
+        ]
+    )
+    return [json.loads(line) for line in (root / "run" / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def first_run(inputs, tmp_path_factory):
+    root = tmp_path_factory.mktemp("train_first")
+    return root, run(inputs, root)
+
+
+def test_train_writes_model_metrics_and_curve(first_run):
+    root, rows = first_run
+    assert [row["step"] for row in rows] == [1, 2, 3, 4]
+    for row in rows:
+        assert {
+            "loss",
+            "loss_flow",
+            "loss_traj",
+            "loss_temp",
+            "lr",
+            "it_per_s",
+            "data_wait",
+            "max_rss_mb",
+        } <= set(row)
+        assert row["loss"] == pytest.approx(
+            row["loss_flow"] + row["loss_traj"] + row["loss_temp"], rel=1e-5
+        )
+    assert rows[0]["lr"] < rows[1]["lr"]  # warm-up, then poly decay towards 0 at the last step
+    assert rows[-1]["lr"] < rows[1]["lr"]
+    png = (root / "run" / "loss.png").read_bytes()
+    assert png.startswith(b"\x89PNG")
+    model, cfg = load_checkpoint(root / "run" / "model.pt")
+    assert cfg["k"] == 3 and list(cfg["input_size"]) == [32, 48]
+    assert cfg["checkpoint"]["step"] == 4 and cfg["checkpoint"]["params"]["seed"] == 0
+    out = model(torch.randn(1, 3, 32, 48))
+    assert out.logits.shape == (1, 3, 32, 48)
+    assert not list(root.glob("**/*.tmp-*"))  # atomic writes left nothing behind
+
+
+def test_same_seed_gives_the_same_final_loss(inputs, first_run, tmp_path):
+    rows = run(inputs, tmp_path)
+    assert rows[-1]["loss"] == first_run[1][-1]["loss"]
+
+
+def test_killed_run_resumes_and_continues_the_step_counter(inputs, first_run, tmp_path, monkeypatch, capfd):
+    real_loader = train.make_loader
+
+    def dying_loader(*args, **kwargs):
+        def batches():
+            for index, batch in enumerate(real_loader(*args, **kwargs)):
+                if index == 3:
+                    raise KeyboardInterrupt  # killed in step 4: after the step-2 checkpoint and 3 log lines
+                yield batch
+
+        return batches()
+
+    monkeypatch.setattr(train, "make_loader", dying_loader)
+    with pytest.raises(KeyboardInterrupt):
+        run(inputs, tmp_path)
+    assert not (tmp_path / "run" / "model.pt").exists()
+    live = (tmp_path / "run.state" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in live] == [1, 2, 3]
+    monkeypatch.setattr(train, "make_loader", real_loader)
+    capfd.readouterr()
+    rows = run(inputs, tmp_path)
+    assert "resumed from" in capfd.readouterr().err  # logged to stderr (lrtl.cli.setup_logging)
+    assert [row["step"] for row in rows] == [1, 2, 3, 4]  # step 3 was redone, not duplicated
+    assert rows[-1]["loss"] == first_run[1][-1]["loss"]  # the resumed run is the uninterrupted run
+    assert load_checkpoint(tmp_path / "run" / "model.pt")[1]["checkpoint"]["step"] == 4
+
+
+def test_zero_weight_terms_are_not_computed(inputs, tmp_path):
+    params = copy.deepcopy(PARAMS)
+    params["loss"].update(w_traj=0.0, w_temp=0.0)  # flow_only (GWM's loss)
+    params["iterations"] = 2
+    rows = run(inputs, tmp_path, params)
+    assert "loss_flow" in rows[-1] and "loss_traj" not in rows[-1] and "loss_temp" not in rows[-1]
+
+
+def test_reference_compat_runs(inputs, tmp_path):
+    params = copy.deepcopy(PARAMS)
+    params.update(compat="reference", iterations=2)
+    rows = run(inputs, tmp_path, params)
+    assert rows[-1]["step"] == 2
+
+
+def test_bad_inputs_stop_with_a_message(inputs, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        train.main(
+            [
+                "--frames",
+                *inputs["frames"],
+                "--flow",
+                inputs["flow"][0],
+                "--tracks",
+                *inputs["tracks"],
+                "--params",
+                json.dumps(PARAMS),
+                "--state-dir",
+                str(tmp_path / "s"),
+                "--out",
+                str(tmp_path / "m.pt"),
+                "--metrics",
+                str(tmp_path / "m.jsonl"),
+                "--curve",
+                str(tmp_path / "c.png"),
+            ]
+        )
+    assert "same sequences" in capsys.readouterr().err
+    bad = {**PARAMS, "learning_rate": 1.0}
+    with pytest.raises(SystemExit):
+        train.main(
+            [
+                "--frames",
+                *inputs["frames"],
+                "--flow",
+                *inputs["flow"],
+                "--tracks",
+                *inputs["tracks"],
+                "--params",
+                json.dumps(bad),
+                "--state-dir",
+                str(tmp_path / "s"),
+                "--out",
+                str(tmp_path / "m.pt"),
+                "--metrics",
+                str(tmp_path / "m.jsonl"),
+                "--curve",
+                str(tmp_path / "c.png"),
+            ]
+        )
+    assert "learning_rate" in capsys.readouterr().err
+
+
+def test_schedules_are_relative_to_the_run_length():
+    assert train.lr_factor(0, 1000, 0.1, 0.9, False) == pytest.approx(1e-6)
+    assert train.lr_factor(100, 1000, 0.1, 0.9, False) == pytest.approx(0.9**0.9)
+    assert train.lr_factor(1000, 1000, 0.1, 0.9, False) == 0.0
+    assert train.lr_factor(20000, 20000, 0.075, 0.9, True) == pytest.approx((1 - 20000 / 160000) ** 0.9)
+    assert train.temporal_ramp(500, 1000, False) == pytest.approx(0.5005)
+    assert train.temporal_ramp(20000, 20000, True) == pytest.approx(0.001 + 0.999 / 8)

@@ -1,0 +1,81 @@
+"""The label-free K -> 2 merge of lrtl.infer on synthetic features."""
+
+import numpy as np
+import torch
+
+from lrtl.infer import affinity, mask_features, merge_groups, merge_masks
+
+
+def one_hot_masks(labels: np.ndarray, k: int) -> np.ndarray:
+    return np.stack([(labels == i).astype(np.float32) for i in range(k)])  # [K, h, w]
+
+
+def test_two_groups_of_near_identical_features_cluster_together():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=16), rng.normal(size=16)
+    feats = np.stack(
+        [
+            a + 0.01 * rng.normal(size=16),
+            b + 0.01 * rng.normal(size=16),
+            a + 0.01 * rng.normal(size=16),
+            b + 0.01 * rng.normal(size=16),
+        ]
+    )
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    groups = merge_groups(feats, np.full(4, 100.0))
+    assert groups[0] == groups[2] and groups[1] == groups[3] and groups[0] != groups[1]
+
+
+def test_merge_from_feature_maps_end_to_end():
+    # 4 masks = 4 vertical stripes; features: stripes 0 and 1 share one vector, stripes 2 and 3 another.
+    h, w, f = 8, 16, 6
+    labels = np.repeat(np.arange(4), w // 4)[None, :].repeat(h, 0)  # [h, w]
+    soft = torch.from_numpy(one_hot_masks(labels, 4))[None]  # [1, 4, h, w]
+    vec = torch.eye(f)[:2]  # two orthogonal feature vectors
+    feature_map = torch.where(
+        torch.from_numpy(labels < 2)[None], vec[0][:, None, None], vec[1][:, None, None]
+    )
+    means, mass = mask_features(soft, feature_map[None].float())  # features at full res
+    assert torch.allclose(means.norm(dim=-1), torch.ones(1, 4))
+    groups = merge_groups(means[0].numpy(), mass[0].numpy())
+    assert groups[0] == groups[1] and groups[2] == groups[3] and groups[0] != groups[2]
+    merged = merge_masks(soft[0].numpy(), groups)
+    assert merged.shape == (2, h, w)
+    np.testing.assert_allclose(merged.sum(axis=0), 1.0)  # a partition of the soft masks
+    left = merged[groups[0]]
+    assert left[:, : w // 2].min() == 1 and left[:, w // 2 :].max() == 0
+
+
+def test_low_resolution_features_are_upsampled():
+    soft = torch.rand(2, 3, 12, 20).softmax(dim=1)
+    means, mass = mask_features(soft, torch.rand(2, 5, 3, 5))
+    assert means.shape == (2, 3, 5) and mass.shape == (2, 3)
+    torch.testing.assert_close(mass.sum(dim=1), torch.full((2,), 240.0))
+
+
+def test_k2_is_identity():
+    feats = np.array([[1.0, 0.0], [1.0, 0.0]])  # even identical features keep two groups
+    assert merge_groups(feats, np.array([50.0, 50.0])).tolist() == [0, 1]
+    soft = np.random.default_rng(1).random((2, 4, 4))
+    np.testing.assert_array_equal(merge_masks(soft, np.array([0, 1])), soft)
+
+
+def test_degenerate_empty_masks_and_single_cluster():
+    feats = np.eye(4)
+    # only one non-empty mask: everything real in group 0, merged[1] holds only the empty ones
+    groups = merge_groups(feats, np.array([500.0, 0.0, 0.1, 0.0]))
+    assert groups.tolist() == [0, 1, 1, 1]
+    # two non-empty masks: one group each, empties in group 1
+    groups = merge_groups(feats, np.array([300.0, 0.0, 200.0, 0.0]))
+    assert groups[0] != groups[2]
+    # all features identical: still two non-empty groups
+    same = np.tile([[1.0, 0.0, 0.0]], (4, 1))
+    groups = merge_groups(same, np.full(4, 10.0))
+    assert set(groups.tolist()) == {0, 1}
+
+
+def test_affinity_clamped_positive():
+    feats = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0]])
+    matrix = affinity(feats)
+    assert matrix.min() >= 1e-6 and matrix[0, 1] == 1e-6
+    np.testing.assert_allclose(np.diag(matrix), 1.0)

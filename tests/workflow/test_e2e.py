@@ -1,0 +1,63 @@
+"""The whole pipeline on a tiny synthetic dataset, as a user runs it: tables, logs, reruns, one-job targets."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.workflow.conftest import TEST_CONFIG, job_counts, snakemake
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    workdir = tmp_path_factory.mktemp("e2e")
+    snakemake(workdir, "--cores", "2", "--configfile", str(TEST_CONFIG))
+    return workdir
+
+
+def test_tables_have_a_finite_j_column_for_every_run(finished_run: Path) -> None:
+    tables = finished_run / "results" / "tables"
+    assert (tables / "summary.md").is_file()
+    table1 = pd.read_csv(tables / "table1.csv")
+    ours = table1[table1["source"].str.startswith("ours")].set_index("method")
+    assert {"full", "baseline"} <= set(ours.index)
+    assert ours["Synthetic J"].between(0, 100).all()
+    per_sequence = pd.read_csv(tables / "per-sequence-synthetic.csv")
+    assert {"sequence", "full J", "baseline J"} <= set(per_sequence.columns)
+    assert per_sequence["full J"].notna().all()
+    for suffix in (".md", ".csv", ".tex"):
+        assert (tables / f"table1{suffix}").is_file()
+
+
+def test_every_job_left_a_log(finished_run: Path) -> None:
+    logs = list((finished_run / "logs").rglob("*.log"))
+    rules = {"frames", "flow", "tracks", "train", "masks", "metrics"}
+    assert rules <= {p.relative_to(finished_run / "logs").parts[1] for p in logs if len(p.parts) > 2}
+    assert (finished_run / "logs" / "tables.log").is_file()
+
+
+def test_second_run_has_nothing_to_do(finished_run: Path) -> None:
+    proc = snakemake(finished_run, "-n", "--configfile", str(TEST_CONFIG))
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_one_chunk_target_is_exactly_one_job_with_its_command(finished_run: Path) -> None:
+    target = "results/synthetic/tracks/synth-000/chunk-000.zarr"
+    proc = snakemake(finished_run, "-n", "-p", "-f", "--configfile", str(TEST_CONFIG), target)
+    assert job_counts(proc.stdout) == {"track_chunk": 1}
+    assert "python -m lrtl.tracks chunk" in proc.stdout
+    assert "--chunk 000" in proc.stdout
+
+
+def test_deleting_one_flow_reruns_only_that_sequence(finished_run: Path) -> None:
+    shutil.rmtree(finished_run / "results" / "synthetic" / "flow" / "synth-001.zarr")
+    proc = snakemake(finished_run, "-n", "--configfile", str(TEST_CONFIG))
+    counts = job_counts(proc.stdout)
+    assert counts["compute_flow"] == 1
+    assert "prepare_frames" not in counts and "make_synthetic" not in counts
+    assert "results/synthetic/flow/synth-000.zarr" not in proc.stdout

@@ -1,0 +1,275 @@
+# Config validation, sequence sheets, wildcard constraints, and every function the rules call.
+import copy
+import csv
+import json
+import math
+import shlex
+
+from snakemake.utils import validate
+
+import lrtl.datasets
+import lrtl.stores
+import lrtl.synthetic
+
+
+validate(config, "../schemas/config.schema.yaml")
+
+PIPELINE_RUNS = list(config["train"]["runs"])
+BASELINE_RUN = "baseline"
+
+
+def deep_merge(base, override):
+    """A copy of `base` with `override` merged in recursively (override wins)."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def read_sheet(path):
+    """Rows of a sequence sheet (tsv: sequence, split, n_frames), validated by its schema."""
+    with open(path, newline="") as handle:
+        rows = [
+            {"sequence": row["sequence"], "split": row["split"], "n_frames": int(row["n_frames"])}
+            for row in csv.DictReader(handle, delimiter="\t")
+        ]
+    for row in rows:
+        validate(row, "../schemas/sequences.schema.yaml")
+    return rows
+
+
+def dataset_rows(name):
+    """The sequences of a dataset: from the synthetic plan, the sheet, or a listing of its root."""
+    spec = config["datasets"][name]
+    if spec["layout"] == "synthetic":
+        plan = lrtl.synthetic.sequence_plan(config["synthetic"])
+        return [{"sequence": s, "split": "all", "n_frames": n} for s, n in plan]
+    if spec["sheet"]:
+        return read_sheet(os.path.join(workflow.basedir, spec["sheet"]))
+    listing = lrtl.datasets.list_sequences(spec["root"], spec["layout"], spec["resolution"])
+    return [{"sequence": s, "split": "all", "n_frames": n} for s, n in listing]
+
+
+def load_sequences():
+    """dataset -> {sequence: row}, restricted to `only_sequences` when it is not empty."""
+    only = set(config["only_sequences"])
+    sequences = {}
+    for name in config["targets"]["datasets"]:
+        rows = dataset_rows(name)
+        sequences[name] = {r["sequence"]: r for r in rows if not only or r["sequence"] in only}
+    return sequences
+
+
+SEQUENCES = load_sequences()
+
+
+wildcard_constraints:
+    dataset="|".join(config["datasets"]),
+    run="|".join(PIPELINE_RUNS + [BASELINE_RUN]),
+    sequence="[^/]+",
+    chunk=r"\d{3}",
+    resolution=r"[^/]+",
+
+
+# ----------------------------------------------------------------------------- sequences and chunks
+
+
+def sequences_of(dataset, splits_key=None):
+    """Sequence names of a dataset, optionally only those whose split is in datasets.<d>.<splits_key>."""
+    rows = SEQUENCES[dataset].values()
+    if splits_key:
+        splits = set(config["datasets"][dataset][splits_key])
+        rows = [r for r in rows if r["split"] in splits or "all" in splits]
+    return [r["sequence"] for r in rows]
+
+
+def n_chunks(dataset, sequence):
+    n_frames = SEQUENCES[dataset][sequence]["n_frames"]
+    return math.ceil(n_frames / config["tracks"]["chunk_size"])
+
+
+def chunk_paths(wildcards):
+    return [
+        f"results/{wildcards.dataset}/tracks/{wildcards.sequence}/chunk-{c:03d}.zarr"
+        for c in range(n_chunks(wildcards.dataset, wildcards.sequence))
+    ]
+
+
+def run_params(wildcards):
+    """The merged hyperparameters of one training run: train.defaults with train.runs.<run> over them."""
+    return deep_merge(config["train"]["defaults"], config["train"]["runs"][wildcards.run])
+
+
+# ----------------------------------------------------------------------------- rule inputs
+
+
+def raw_inputs(wildcards):
+    """The raw image folder (or video) and annotation folder of one sequence, as lrtl.datasets names them."""
+    spec = config["datasets"][wildcards.dataset]
+    sources = lrtl.datasets.sequence_sources(
+        spec["root"], spec["layout"], spec["resolution"], wildcards.sequence
+    )
+    return {name: str(path) for name, path in sources.items() if path is not None}
+
+
+def ground_truth_store(wildcards):
+    """The exact ground truth of a synthetic sequence (make_synthetic writes it beside the frames)."""
+    resolution = config["datasets"][wildcards.dataset]["resolution"]
+    return f"results/{wildcards.dataset}/raw/GroundTruth/{resolution}/{wildcards.sequence}.zarr"
+
+
+def flow_inputs(wildcards):
+    inputs = {"frames": f"results/{wildcards.dataset}/frames/{wildcards.sequence}.zarr"}
+    backend = config["flow"]["backend"]
+    if backend == "raft":
+        inputs["weights"] = config["flow"]["raft"]["weights"]
+    elif backend == "oracle":
+        inputs["ground_truth"] = ground_truth_store(wildcards)
+    elif backend == "flo":
+        inputs["flo_root"] = config["datasets"][wildcards.dataset]["root"]
+    return inputs
+
+
+def track_inputs(wildcards):
+    inputs = {"frames": f"results/{wildcards.dataset}/frames/{wildcards.sequence}.zarr"}
+    backend = config["tracks"]["backend"]
+    if backend == "flowchain":
+        inputs["flow"] = f"results/{wildcards.dataset}/flow/{wildcards.sequence}.zarr"
+    elif backend == "oracle":
+        inputs["ground_truth"] = ground_truth_store(wildcards)
+    elif backend == "cotracker":
+        cotracker = config["tracks"]["cotracker"]
+        if cotracker["source"] == "local":
+            inputs["hub_repo"] = cotracker["repo_dir"]
+        inputs["checkpoint"] = cotracker["checkpoint"]
+    return inputs
+
+
+def train_inputs(wildcards):
+    names = sequences_of(wildcards.dataset, "train_splits")
+    return {
+        "frames": [f"results/{wildcards.dataset}/frames/{s}.zarr" for s in names],
+        "flow": [f"results/{wildcards.dataset}/flow/{s}.zarr" for s in names],
+        "tracks": [f"results/{wildcards.dataset}/tracks/{s}/index.json" for s in names],
+    }
+
+
+def infer_inputs(wildcards):
+    inputs = {
+        "model": f"results/{wildcards.dataset}/train/{wildcards.run}/model.pt",
+        "frames": f"results/{wildcards.dataset}/frames/{wildcards.sequence}.zarr",
+    }
+    if config["infer"]["merge_features"] == "dino_vits8":
+        inputs["dino_weights"] = config["infer"]["dino_weights"]
+    return inputs
+
+
+def input_flags(wildcards, input):
+    """`--name path` for every named input (lists become several paths), each path shell-quoted."""
+    flags = []
+    for name, value in input.items():
+        paths = value if isinstance(value, list) else [value]
+        flags.append(" ".join([f"--{name.replace('_', '-')}", *(shlex.quote(str(p)) for p in paths)]))
+    return " ".join(flags)
+
+
+def stage_params(section):
+    """A params callable giving the JSON of one config section (literal braces would read as wildcards)."""
+
+    def params(wildcards):
+        return json.dumps(config[section], sort_keys=True)
+
+    return params
+
+
+def train_params_json(wildcards):
+    return json.dumps(run_params(wildcards), sort_keys=True)
+
+
+def tables_params_json(wildcards):
+    """How to aggregate and label each target dataset, which runs form ablations, and the quoted numbers."""
+    tables = {
+        "datasets": {d: config["datasets"][d]["evaluate"] for d in config["targets"]["datasets"]},
+        **config["tables"],
+    }
+    return json.dumps(tables, sort_keys=True)
+
+
+def synthetic_index(wildcards):
+    return sequences_of(wildcards.dataset).index(wildcards.sequence)
+
+
+# ----------------------------------------------------------------------------- targets
+
+
+def all_frames(wildcards=None):
+    return [
+        f"results/{d}/frames/{s}.zarr" for d in config["targets"]["datasets"] for s in sequences_of(d)
+    ]
+
+
+def all_flow(wildcards=None):
+    return [f"results/{d}/flow/{s}.zarr" for d in config["targets"]["datasets"] for s in sequences_of(d)]
+
+
+def all_tracks(wildcards=None):
+    return [
+        f"results/{d}/tracks/{s}/index.json"
+        for d in config["targets"]["datasets"]
+        for s in sequences_of(d)
+    ]
+
+
+def all_models(wildcards=None):
+    return [
+        f"results/{d}/train/{r}/model.pt"
+        for d in config["targets"]["datasets"]
+        for r in config["targets"]["runs"]
+    ]
+
+
+def evaluated_runs():
+    return config["targets"]["runs"] + [BASELINE_RUN]
+
+
+def all_masks(wildcards=None):
+    return [
+        f"results/{d}/masks/{r}/{s}.zarr"
+        for d in config["targets"]["datasets"]
+        for r in evaluated_runs()
+        for s in sequences_of(d, "eval_splits")
+    ]
+
+
+def all_metrics(wildcards=None):
+    return [
+        f"results/{d}/metrics/{r}/{s}.tsv"
+        for d in config["targets"]["datasets"]
+        for r in evaluated_runs()
+        for s in sequences_of(d, "eval_splits")
+    ]
+
+
+def all_tables(wildcards=None):
+    return ["results/tables/summary.md"]
+
+
+# ----------------------------------------------------------------------------- resources
+
+
+def flow_gpus(wildcards):
+    """RAFT runs on a GPU; DIS and the oracle do not."""
+    return int(config["flow"]["backend"] == "raft")
+
+
+def tracker_gpus(wildcards):
+    """CoTracker runs on a GPU; flow chaining and the oracle do not."""
+    return int(config["tracks"]["backend"] == "cotracker")
+
+
+def model_gpus(wildcards):
+    """The paper's DINO backbone wants a GPU; the small CPU network does not."""
+    return int(run_params(wildcards)["model"]["backbone"]["name"] != "small")

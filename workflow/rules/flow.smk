@@ -1,0 +1,28 @@
+# Optical flow: forward and backward for every configured gap (gap 1 always, for the flow-chaining tracker).
+
+
+rule compute_flow:
+    input:
+        unpack(flow_inputs),
+    output:
+        directory("results/{dataset}/flow/{sequence}.zarr"),
+    log:
+        "logs/{dataset}/flow/{sequence}.log",
+    benchmark:
+        "benchmarks/{dataset}/flow/{sequence}.tsv"
+    params:
+        inputs=input_flags,
+        flow=stage_params("flow"),
+    threads: 2
+    resources:
+        gpu=flow_gpus,
+        mem_mb=8000,
+        runtime=60,
+    shell:
+        """
+        python -m lrtl.flow \
+            {params.inputs} \
+            --params {params.flow:q} \
+            --out {output:q} \
+            > {log:q} 2>&1
+        """

@@ -1,0 +1,54 @@
+# Masks: the trained model's K soft masks merged to 2 per frame, and the no-learning baseline from flow.
+
+
+rule infer_masks:
+    input:
+        unpack(infer_inputs),
+    output:
+        masks=directory("results/{dataset}/masks/{run}/{sequence}.zarr"),
+        pictures=directory("results/{dataset}/masks/{run}/{sequence}"),
+    log:
+        "logs/{dataset}/masks/{run}/{sequence}.log",
+    benchmark:
+        "benchmarks/{dataset}/masks/{run}/{sequence}.tsv"
+    wildcard_constraints:
+        run="|".join(PIPELINE_RUNS),
+    params:
+        inputs=input_flags,
+        infer=stage_params("infer"),
+    threads: 2
+    resources:
+        gpu=model_gpus,
+        mem_mb=8000,
+        runtime=60,
+    shell:
+        """
+        python -m lrtl.infer \
+            {params.inputs} \
+            --run {wildcards.run:q} \
+            --params {params.infer:q} \
+            --out {output.masks:q} \
+            --pictures {output.pictures:q} \
+            > {log:q} 2>&1
+        """
+
+
+rule baseline_masks:
+    input:
+        frames="results/{dataset}/frames/{sequence}.zarr",
+        flow="results/{dataset}/flow/{sequence}.zarr",
+    output:
+        directory("results/{dataset}/masks/baseline/{sequence}.zarr"),
+    log:
+        "logs/{dataset}/masks/baseline/{sequence}.log",
+    params:
+        baseline=stage_params("baseline"),
+    shell:
+        """
+        python -m lrtl.baseline \
+            --frames {input.frames:q} \
+            --flow {input.flow:q} \
+            --params {params.baseline:q} \
+            --out {output:q} \
+            > {log:q} 2>&1
+        """

@@ -1,0 +1,37 @@
+# Training: one model per (dataset, run) on every training sequence (transductive, as in the paper).
+
+
+rule train_model:
+    input:
+        unpack(train_inputs),
+    output:
+        model="results/{dataset}/train/{run}/model.pt",
+        metrics="results/{dataset}/train/{run}/metrics.jsonl",
+        curve="results/{dataset}/train/{run}/loss.png",
+    log:
+        "logs/{dataset}/train/{run}.log",
+    benchmark:
+        "benchmarks/{dataset}/train/{run}.tsv"
+    wildcard_constraints:
+        run="|".join(PIPELINE_RUNS),
+    params:
+        train=train_params_json,
+        state_dir="results/{dataset}/train/{run}.state",
+    threads: 2
+    resources:
+        gpu=model_gpus,
+        mem_mb=16000,
+        runtime=lambda wildcards, attempt: 240 * attempt,
+    shell:
+        """
+        python -m lrtl.train \
+            --frames {input.frames:q} \
+            --flow {input.flow:q} \
+            --tracks {input.tracks:q} \
+            --params {params.train:q} \
+            --state-dir {params.state_dir:q} \
+            --out {output.model:q} \
+            --metrics {output.metrics:q} \
+            --curve {output.curve:q} \
+            > {log:q} 2>&1
+        """
