@@ -11,7 +11,6 @@ import lrtl.datasets
 import lrtl.stores
 import lrtl.synthetic
 
-
 validate(config, "../schemas/config.schema.yaml")
 
 PIPELINE_RUNS = list(config["train"]["runs"])
@@ -33,7 +32,11 @@ def read_sheet(path):
     """Rows of a sequence sheet (tsv: sequence, split, n_frames), validated by its schema."""
     with open(path, newline="") as handle:
         rows = [
-            {"sequence": row["sequence"], "split": row["split"], "n_frames": int(row["n_frames"])}
+            {
+                "sequence": row["sequence"],
+                "split": row["split"],
+                "n_frames": int(row["n_frames"]),
+            }
             for row in csv.DictReader(handle, delimiter="\t")
         ]
     for row in rows:
@@ -49,7 +52,9 @@ def dataset_rows(name):
         return [{"sequence": s, "split": "all", "n_frames": n} for s, n in plan]
     if spec["sheet"]:
         return read_sheet(os.path.join(workflow.basedir, spec["sheet"]))
-    listing = lrtl.datasets.list_sequences(spec["root"], spec["layout"], spec["resolution"])
+    listing = lrtl.datasets.list_sequences(
+        spec["root"], spec["layout"], spec["resolution"]
+    )
     return [{"sequence": s, "split": "all", "n_frames": n} for s, n in listing]
 
 
@@ -59,7 +64,9 @@ def load_sequences():
     sequences = {}
     for name in config["targets"]["datasets"]:
         rows = dataset_rows(name)
-        sequences[name] = {r["sequence"]: r for r in rows if not only or r["sequence"] in only}
+        sequences[name] = {
+            r["sequence"]: r for r in rows if not only or r["sequence"] in only
+        }
     return sequences
 
 
@@ -100,7 +107,9 @@ def chunk_paths(wildcards):
 
 def run_params(wildcards):
     """The merged hyperparameters of one training run: train.defaults with train.runs.<run> over them."""
-    return deep_merge(config["train"]["defaults"], config["train"]["runs"][wildcards.run])
+    return deep_merge(
+        config["train"]["defaults"], config["train"]["runs"][wildcards.run]
+    )
 
 
 # ----------------------------------------------------------------------------- rule inputs
@@ -172,7 +181,11 @@ def input_flags(wildcards, input):
     flags = []
     for name, value in input.items():
         paths = value if isinstance(value, list) else [value]
-        flags.append(" ".join([f"--{name.replace('_', '-')}", *(shlex.quote(str(p)) for p in paths)]))
+        flags.append(
+            " ".join(
+                [f"--{name.replace('_', '-')}", *(shlex.quote(str(p)) for p in paths)]
+            )
+        )
     return " ".join(flags)
 
 
@@ -192,7 +205,9 @@ def train_params_json(wildcards):
 def tables_params_json(wildcards):
     """How to aggregate and label each target dataset, which runs form ablations, and the quoted numbers."""
     tables = {
-        "datasets": {d: config["datasets"][d]["evaluate"] for d in config["targets"]["datasets"]},
+        "datasets": {
+            d: config["datasets"][d]["evaluate"] for d in config["targets"]["datasets"]
+        },
         **config["tables"],
     }
     return json.dumps(tables, sort_keys=True)
@@ -207,12 +222,18 @@ def synthetic_index(wildcards):
 
 def all_frames(wildcards=None):
     return [
-        f"results/{d}/frames/{s}.zarr" for d in config["targets"]["datasets"] for s in sequences_of(d)
+        f"results/{d}/frames/{s}.zarr"
+        for d in config["targets"]["datasets"]
+        for s in sequences_of(d)
     ]
 
 
 def all_flow(wildcards=None):
-    return [f"results/{d}/flow/{s}.zarr" for d in config["targets"]["datasets"] for s in sequences_of(d)]
+    return [
+        f"results/{d}/flow/{s}.zarr"
+        for d in config["targets"]["datasets"]
+        for s in sequences_of(d)
+    ]
 
 
 def all_tracks(wildcards=None):

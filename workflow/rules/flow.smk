@@ -10,19 +10,19 @@ rule compute_flow:
         "logs/{dataset}/flow/{sequence}.log",
     benchmark:
         "benchmarks/{dataset}/flow/{sequence}.tsv"
-    params:
-        inputs=input_flags,
-        flow=stage_params("flow"),
     threads: 2
     resources:
         gpu=flow_gpus,
         mem_mb=8000,
         runtime=60,
+    params:
+        inputs=input_flags,
+        flow=stage_params("flow"),
     shell:
         """
         python -m lrtl.flow \
             {params.inputs} \
             --params {params.flow:q} \
             --out {output:q} \
-            > {log:q} 2>&1
+            >{log:q} 2>&1
         """

@@ -21,5 +21,5 @@ rule prepare_frames:
             --sequence {wildcards.sequence:q} \
             --params {params.frames:q} \
             --out {output:q} \
-            > {log:q} 2>&1
+            >{log:q} 2>&1
         """

@@ -13,14 +13,14 @@ rule infer_masks:
         "benchmarks/{dataset}/masks/{run}/{sequence}.tsv"
     wildcard_constraints:
         run="|".join(PIPELINE_RUNS),
-    params:
-        inputs=input_flags,
-        infer=stage_params("infer"),
     threads: 2
     resources:
         gpu=model_gpus,
         mem_mb=8000,
         runtime=60,
+    params:
+        inputs=input_flags,
+        infer=stage_params("infer"),
     shell:
         """
         python -m lrtl.infer \
@@ -29,7 +29,7 @@ rule infer_masks:
             --params {params.infer:q} \
             --out {output.masks:q} \
             --pictures {output.pictures:q} \
-            > {log:q} 2>&1
+            >{log:q} 2>&1
         """
 
 
@@ -50,5 +50,5 @@ rule baseline_masks:
             --flow {input.flow:q} \
             --params {params.baseline:q} \
             --out {output:q} \
-            > {log:q} 2>&1
+            >{log:q} 2>&1
         """

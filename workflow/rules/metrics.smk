@@ -18,5 +18,5 @@ rule evaluate_sequence:
             --frames {input.frames:q} \
             --params {params.evaluate:q} \
             --out {output:q} \
-            > {log:q} 2>&1
+            >{log:q} 2>&1
         """

@@ -4,8 +4,12 @@
 rule make_synthetic:
     output:
         images=directory("results/{dataset}/raw/JPEGImages/{resolution}/{sequence}"),
-        annotations=directory("results/{dataset}/raw/Annotations/{resolution}/{sequence}"),
-        ground_truth=directory("results/{dataset}/raw/GroundTruth/{resolution}/{sequence}.zarr"),
+        annotations=directory(
+            "results/{dataset}/raw/Annotations/{resolution}/{sequence}"
+        ),
+        ground_truth=directory(
+            "results/{dataset}/raw/GroundTruth/{resolution}/{sequence}.zarr"
+        ),
     log:
         "logs/{dataset}/raw/{resolution}/{sequence}.log",
     params:
@@ -20,5 +24,5 @@ rule make_synthetic:
             --images {output.images:q} \
             --annotations {output.annotations:q} \
             --ground-truth {output.ground_truth:q} \
-            > {log:q} 2>&1
+            >{log:q} 2>&1
         """

@@ -17,5 +17,5 @@ rule make_tables:
             --metrics {input:q} \
             --params {params.tables:q} \
             --out-dir results/tables \
-            > {log:q} 2>&1
+            >{log:q} 2>&1
         """

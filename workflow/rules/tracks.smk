@@ -10,14 +10,14 @@ rule track_chunk:
         "logs/{dataset}/tracks/{sequence}/chunk-{chunk}.log",
     benchmark:
         "benchmarks/{dataset}/tracks/{sequence}/chunk-{chunk}.tsv"
-    params:
-        inputs=input_flags,
-        tracks=stage_params("tracks"),
     threads: 1
     resources:
         gpu=tracker_gpus,
         mem_mb=8000,
         runtime=120,
+    params:
+        inputs=input_flags,
+        tracks=stage_params("tracks"),
     shell:
         """
         python -m lrtl.tracks chunk \
@@ -27,7 +27,7 @@ rule track_chunk:
             --sequence {wildcards.sequence:q} \
             --params {params.tracks:q} \
             --out {output:q} \
-            > {log:q} 2>&1
+            >{log:q} 2>&1
         """
 
 
@@ -48,5 +48,5 @@ rule index_tracks:
             --chunks {input.chunks:q} \
             --params {params.tracks:q} \
             --out {output:q} \
-            > {log:q} 2>&1
+            >{log:q} 2>&1
         """

@@ -14,14 +14,14 @@ rule train_model:
         "benchmarks/{dataset}/train/{run}.tsv"
     wildcard_constraints:
         run="|".join(PIPELINE_RUNS),
-    params:
-        train=train_params_json,
-        state_dir="results/{dataset}/train/{run}.state",
     threads: 2
     resources:
         gpu=model_gpus,
         mem_mb=16000,
         runtime=lambda wildcards, attempt: 240 * attempt,
+    params:
+        train=train_params_json,
+        state_dir="results/{dataset}/train/{run}.state",
     shell:
         """
         python -m lrtl.train \
@@ -33,5 +33,5 @@ rule train_model:
             --out {output.model:q} \
             --metrics {output.metrics:q} \
             --curve {output.curve:q} \
-            > {log:q} 2>&1
+            >{log:q} 2>&1
         """

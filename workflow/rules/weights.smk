@@ -27,11 +27,11 @@ rule download_weights:
     shell:
         """
         (
-        git clone --quiet {params.repo_url:q} {output.hub_repo:q}
-        git -C {output.hub_repo:q} checkout --quiet {params.commit:q}
-        curl -fL --retry 3 -o {output.cotracker:q} {params.cotracker_url:q}
-        curl -fL --retry 3 -o {output.raft:q} {params.raft_url:q}
-        curl -fL --retry 3 -o {output.dino_vitb8:q} {params.dino_vitb8_url:q}
-        curl -fL --retry 3 -o {output.dino_vits8:q} {params.dino_vits8_url:q}
-        ) > {log:q} 2>&1
+            git clone --quiet {params.repo_url:q} {output.hub_repo:q}
+            git -C {output.hub_repo:q} checkout --quiet {params.commit:q}
+            curl -fL --retry 3 -o {output.cotracker:q} {params.cotracker_url:q}
+            curl -fL --retry 3 -o {output.raft:q} {params.raft_url:q}
+            curl -fL --retry 3 -o {output.dino_vitb8:q} {params.dino_vitb8_url:q}
+            curl -fL --retry 3 -o {output.dino_vits8:q} {params.dino_vits8_url:q}
+        ) >{log:q} 2>&1
         """
