@@ -55,10 +55,11 @@ def svdvals_tails(
     return torch.linalg.svdvals(p.mT if tall else p)[..., rank:].sum(-1)
 
 
-def timed(fn) -> float:
-    start = time.perf_counter()
+def timed(fn) -> tuple[float, float]:
+    """Wall and process-CPU seconds of one call (CPU time is less sensitive to other load)."""
+    wall, cpu = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - start
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def forward_backward(fn, traj, weights):
@@ -97,16 +98,22 @@ def bench_shape(shape, repeats: int, rank: int, backward: bool, seed: int) -> No
         for run in runs.values():  # warm-up
             run()
         times = {name: [] for name in runs}
+        cpu_times = {name: [] for name in runs}
         for _ in range(repeats):
             for name, run in runs.items():
-                times[name].append(timed(run))
-        wide = statistics.median(times["svdvals(P)"])
-        tall = statistics.median(times["svdvals(P^T)"])
-        print(f"-- {mode} (ratios: median time of the svdvals call / median time of the method)")
-        print(f"{'method':<14} {'median s':>10} {'min s':>10} {'svdvals(P)/x':>13} {'svdvals(P^T)/x':>15}")
-        for name, ts in times.items():
-            med, low = statistics.median(ts), min(ts)
-            print(f"{name:<14} {med:>10.3f} {low:>10.3f} {wide / med:>13.1f} {tall / med:>15.1f}")
+                wall, cpu = timed(run)
+                times[name].append(wall)
+                cpu_times[name].append(cpu)
+        print(f"-- {mode}: median wall / CPU seconds; ratios = svdvals call / method (wall, CPU)")
+        print(
+            f"{'method':<14} {'wall s':>8} {'cpu s':>8} {'svdvals(P)/x':>18} {'svdvals(P^T)/x':>18}"
+        )
+        med = {name: statistics.median(ts) for name, ts in times.items()}
+        cmed = {name: statistics.median(ts) for name, ts in cpu_times.items()}
+        for name in runs:
+            wide = f"{med['svdvals(P)'] / med[name]:.1f} / {cmed['svdvals(P)'] / cmed[name]:.1f}"
+            tall = f"{med['svdvals(P^T)'] / med[name]:.1f} / {cmed['svdvals(P^T)'] / cmed[name]:.1f}"
+            print(f"{name:<14} {med[name]:>8.3f} {cmed[name]:>8.3f} {wide:>18} {tall:>18}")
 
 
 def _no_grad(fn, traj, weights):

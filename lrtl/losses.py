@@ -105,8 +105,8 @@ def trajectory_matrix(tracks: torch.Tensor) -> torch.Tensor:
 
 
 def _check_finite(name: str, tensor: torch.Tensor) -> None:
-    bad = int((~torch.isfinite(tensor)).sum())
-    if bad:
+    if not bool(torch.isfinite(tensor).all()):
+        bad = int((~torch.isfinite(tensor)).sum())
         raise ValueError(
             f"lowrank_trajectory_loss: {name} has {bad} non-finite value(s) out of {tensor.numel()} "
             f"(shape {list(tensor.shape)}); clean tracks first (NaN -> 0, clamp; METHOD.md §4 step 5)"

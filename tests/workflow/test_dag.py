@@ -54,7 +54,7 @@ def test_dry_run_counts_one_job_per_sequence_and_chunk(workdir: Path) -> None:
     synthetic = {**base["synthetic"], **config.get("synthetic", {})}
     plan = sequence_plan(synthetic)
     chunk_size = config["tracks"]["chunk_size"]
-    n_runs = len(config["targets"]["runs"])
+    n_runs = len(config.get("targets", base["targets"])["runs"])
     assert counts["make_synthetic"] == len(plan)
     assert counts["prepare_frames"] == len(plan)
     assert counts["compute_flow"] == len(plan)
@@ -74,6 +74,7 @@ def test_davis_sheet_dry_run_builds_the_paper_dag(workdir: Path) -> None:
     root = workdir / "DAVIS2016"
     for name, _, _ in rows:
         (root / "JPEGImages" / "480p" / name).mkdir(parents=True)
+        (root / "JPEGImages" / "480p" / name / "00000.jpg").touch()  # a dry run never reads it
         (root / "Annotations" / "480p" / name).mkdir(parents=True)
     overlay = workdir / "davis.yaml"
     overlay.write_text(
