@@ -14,6 +14,8 @@
 # results/{dataset}/masks/baseline/{sequence}.zarr        no-learning baseline masks from flow
 # results/{dataset}/metrics/{run}/{sequence}.tsv          per-frame IoU / boundary F of every annotated frame
 # results/tables/                                         paper-style tables (.md, .csv, .tex) and pictures
+# `all` asks for every artefact above, so a deleted intermediate is rebuilt with exactly what depends on it.
+#
 # logs/... and benchmarks/...                             the output path with results/ -> logs/ (.log) or benchmarks/ (.tsv)
 
 from snakemake.utils import min_version
@@ -38,4 +40,40 @@ include: "workflow/rules/weights.smk"
 
 rule all:
     input:
+        all_frames,
+        all_flow,
+        all_tracks,
+        all_models,
+        all_masks,
+        all_metrics,
         all_tables,
+
+
+rule all_frames:
+    input:
+        all_frames,
+
+
+rule all_flow:
+    input:
+        all_flow,
+
+
+rule all_tracks:
+    input:
+        all_tracks,
+
+
+rule all_models:
+    input:
+        all_models,
+
+
+rule all_masks:
+    input:
+        all_masks,
+
+
+rule all_metrics:
+    input:
+        all_metrics,

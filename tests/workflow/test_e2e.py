@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
+import zarr
 
 from tests.workflow.conftest import TEST_CONFIG, job_counts, snakemake
 
@@ -35,9 +38,10 @@ def test_tables_have_a_finite_j_column_for_every_run(finished_run: Path) -> None
 
 
 def test_every_job_left_a_log(finished_run: Path) -> None:
-    logs = list((finished_run / "logs").rglob("*.log"))
-    rules = {"frames", "flow", "tracks", "train", "masks", "metrics"}
-    assert rules <= {p.relative_to(finished_run / "logs").parts[1] for p in logs if len(p.parts) > 2}
+    logs_dir = finished_run / "logs"
+    parts = [p.relative_to(logs_dir).parts for p in logs_dir.rglob("*.log")]
+    stages = {"raw", "frames", "flow", "tracks", "train", "masks", "metrics"}
+    assert stages <= {p[1] for p in parts if len(p) > 2 and p[0] == "synthetic"}
     assert (finished_run / "logs" / "tables.log").is_file()
 
 
@@ -48,7 +52,7 @@ def test_second_run_has_nothing_to_do(finished_run: Path) -> None:
 
 def test_one_chunk_target_is_exactly_one_job_with_its_command(finished_run: Path) -> None:
     target = "results/synthetic/tracks/synth-000/chunk-000.zarr"
-    proc = snakemake(finished_run, "-n", "-p", "-f", "--configfile", str(TEST_CONFIG), target)
+    proc = snakemake(finished_run, target, "-n", "-p", "-f", "--configfile", str(TEST_CONFIG))
     assert job_counts(proc.stdout) == {"track_chunk": 1}
     assert "python -m lrtl.tracks chunk" in proc.stdout
     assert "--chunk 000" in proc.stdout
@@ -58,6 +62,13 @@ def test_deleting_one_flow_reruns_only_that_sequence(finished_run: Path) -> None
     shutil.rmtree(finished_run / "results" / "synthetic" / "flow" / "synth-001.zarr")
     proc = snakemake(finished_run, "-n", "--configfile", str(TEST_CONFIG))
     counts = job_counts(proc.stdout)
+    chunk_size = yaml.safe_load(TEST_CONFIG.read_text())["tracks"]["chunk_size"]
+    frames = finished_run / "results" / "synthetic" / "frames" / "synth-001.zarr"
+    n_frames = zarr.open_group(str(frames), mode="r").attrs["n_frames"]
     assert counts["compute_flow"] == 1
+    assert counts["track_chunk"] == math.ceil(n_frames / chunk_size)
+    assert counts["index_tracks"] == 1
+    assert counts["train_model"] == 1
     assert "prepare_frames" not in counts and "make_synthetic" not in counts
-    assert "results/synthetic/flow/synth-000.zarr" not in proc.stdout
+    outputs = [line for line in proc.stdout.splitlines() if line.strip().startswith("output:")]
+    assert not [line for line in outputs if "/flow/synth-000" in line or "/tracks/synth-000/" in line]

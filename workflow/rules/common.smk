@@ -278,7 +278,26 @@ def all_tables(wildcards=None):
     return ["results/tables/summary.md"]
 
 
+localrules:
+    all,
+    all_frames,
+    all_flow,
+    all_tracks,
+    all_models,
+    all_masks,
+    all_metrics,
+
+
 # ----------------------------------------------------------------------------- resources
+
+
+def runtime_per_attempt(minutes):
+    """A runtime resource that grows with each retry, so a preempted or slow job gets more time."""
+
+    def runtime(wildcards, attempt):
+        return minutes * attempt
+
+    return runtime
 
 
 def flow_gpus(wildcards):

@@ -14,7 +14,7 @@ rule compute_flow:
     resources:
         gpu=flow_gpus,
         mem_mb=8000,
-        runtime=60,
+        runtime=runtime_per_attempt(60),
     params:
         inputs=input_flags,
         flow=stage_params("flow"),

@@ -17,7 +17,7 @@ rule infer_masks:
     resources:
         gpu=model_gpus,
         mem_mb=8000,
-        runtime=60,
+        runtime=runtime_per_attempt(60),
     params:
         inputs=input_flags,
         infer=stage_params("infer"),

@@ -14,7 +14,7 @@ rule track_chunk:
     resources:
         gpu=tracker_gpus,
         mem_mb=8000,
-        runtime=120,
+        runtime=runtime_per_attempt(120),
     params:
         inputs=input_flags,
         tracks=stage_params("tracks"),

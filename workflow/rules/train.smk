@@ -18,7 +18,7 @@ rule train_model:
     resources:
         gpu=model_gpus,
         mem_mb=16000,
-        runtime=lambda wildcards, attempt: 240 * attempt,
+        runtime=runtime_per_attempt(240),
     params:
         train=train_params_json,
         state_dir="results/{dataset}/train/{run}.state",
