@@ -115,10 +115,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="masks store to write")
 
     def body(args: argparse.Namespace) -> None:
-        try:
-            params = BaselineParams.from_mapping(args.params, "baseline")
-        except ValueError as err:
-            raise StageError(str(err)) from err
+        params = BaselineParams.from_mapping(args.params, "baseline")
         log.info("params: %s", params)
         run_baseline(flow=args.flow, frames=args.frames, out=args.out, params=params)
 

@@ -165,10 +165,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="per-frame TSV to write")
 
     def body(args: argparse.Namespace) -> None:
-        try:
-            params = EvaluateParams.from_mapping(args.params, "evaluate")
-        except ValueError as err:
-            raise StageError(str(err)) from err
+        params = EvaluateParams.from_mapping(args.params, "evaluate")
         log.info("params: %s", params)
         run_evaluate(masks=args.masks, frames=args.frames, out=args.out, params=params)
 

@@ -178,10 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     def body(args: argparse.Namespace) -> None:
-        try:
-            params = FlowParams.from_mapping(args.params, "flow")
-        except ValueError as err:
-            raise StageError(str(err)) from err
+        params = FlowParams.from_mapping(args.params, "flow")
         run_flow(frames=args.frames, out=args.out, params=params, weights=args.weights,
                  ground_truth=args.ground_truth, flo_root=args.flo_root)
 

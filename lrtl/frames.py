@@ -91,10 +91,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output frames store (.zarr)")
 
     def body(args: argparse.Namespace) -> None:
-        try:
-            params = FramesParams.from_mapping(args.params, "frames")
-        except ValueError as err:
-            raise StageError(str(err)) from err
+        params = FramesParams.from_mapping(args.params, "frames")
         run_frames(layout=args.layout, images=args.images, annotations=args.annotations, dataset=args.dataset,
                    sequence=args.sequence, out=args.out, params=params)
 

@@ -288,10 +288,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--pictures", required=True, help="folder to write binary PNGs and overlays into")
 
     def body(args: argparse.Namespace) -> None:
-        try:
-            params = InferParams.from_mapping(args.params, "infer")
-        except ValueError as err:
-            raise StageError(str(err)) from err
+        params = InferParams.from_mapping(args.params, "infer")
         log.info("params: %s", params)
         run_infer(
             model=args.model,

@@ -7,13 +7,20 @@ import typing
 from collections.abc import Mapping
 from typing import Any, Self
 
+from lrtl.cli import StageError
+
+
+class ParamsError(StageError, ValueError):
+    """A config section that does not match its dataclass: an unknown or a missing key."""
+
 
 @dataclasses.dataclass(frozen=True)
 class Params:
     """Base for a stage's parameters: `XParams.from_mapping(config["x"])`.
 
     Every field is required (defaults live only in config.yaml); nested dataclass fields are built
-    recursively; an unknown or missing key raises a ValueError naming it.
+    recursively; an unknown or missing key raises a ParamsError naming it (a StageError: the run stops with
+    that one line).
     """
 
     @classmethod
@@ -22,11 +29,11 @@ class Params:
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(mapping) - set(fields))
         if unknown:
-            raise ValueError(f"{where}: unknown key(s) {unknown}; known keys are {sorted(fields)}")
+            raise ParamsError(f"{where}: unknown key(s) {unknown}; known keys are {sorted(fields)}")
         missing = sorted(name for name, f in fields.items() if name not in mapping
                          and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
         if missing:
-            raise ValueError(f"{where}: missing key(s) {missing}")
+            raise ParamsError(f"{where}: missing key(s) {missing}")
         hints = typing.get_type_hints(cls)
         values = {}
         for name, value in mapping.items():

@@ -381,10 +381,7 @@ def sequence_name(index: int) -> str:
 def _as_params(params: SyntheticParams | Mapping[str, Any]) -> SyntheticParams:
     if isinstance(params, SyntheticParams):
         return params
-    try:
-        return SyntheticParams.from_mapping(params, "synthetic")
-    except ValueError as err:
-        raise StageError(str(err)) from err
+    return SyntheticParams.from_mapping(params, "synthetic")
 
 
 def sequence_plan(params: SyntheticParams | Mapping[str, Any]) -> list[tuple[str, int]]:

@@ -256,10 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_params(mapping: dict[str, Any]) -> TracksParams:
-    try:
-        return TracksParams.from_mapping(mapping, "tracks")
-    except ValueError as err:
-        raise StageError(str(err)) from err
+    return TracksParams.from_mapping(mapping, "tracks")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
