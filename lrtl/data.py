@@ -52,9 +52,8 @@ class DataParams(Params):
     context: int  # C context frames per track (paper 41)
     smooth: int  # moving-average window over time, frames (paper 11)
     min_visibility: float  # keep tracks with mean visibility > this (paper 0.1)
-    flow_size: tuple[
-        int, ...
-    ]  # [h, w] of the flow loss (paper 480x854 = flow store); [] = the flow store's
+    flow_size: tuple[int, ...]  # [h, w] of the flow loss (paper 480x854); [] = the flow store's
+    preload_flow: bool  # keep all flow fields in memory (small datasets) or read them per item (DAVIS)
     flow_clamp: float  # |flow| clamp, pixels at flow_size (paper 20 at 480x854)
     flip: float  # probability of the shared horizontal flip (paper 0.5)
     workers: int  # DataLoader worker processes (0 = load in the training process)
@@ -66,7 +65,8 @@ class SequenceData:
     name: str
     n_frames: int
     rgb: np.ndarray  # uint8 [T, h, w, 3] at the model input size
-    flow: dict[int, np.ndarray]  # signed gap -> float32 [T, 2, hf, wf]; invalid rows are zero
+    flow_path: Path
+    flow: dict[int, np.ndarray] | None  # preloaded: signed gap -> float32 [T, 2, hf, wf] (invalid rows zero)
     tracks_index: Path
 
 
@@ -290,11 +290,10 @@ def load_sequence(
             f"{flow}: no flow for gaps {missing} (has {flow_group.attrs['gaps']}); add them to "
             f"flow.gaps or remove them from the train run's data.gaps"
         )
-    flows = {}
-    for gap in params.gaps:
-        for signed in (gap, -gap):
-            field = resize_flow(flow_group[stores.flow_name(signed)][...], params.flow_size)
-            flows[signed] = np.clip(field, -params.flow_clamp, params.flow_clamp)
+    flows = None
+    if params.preload_flow:
+        flows = {signed: loss_flow(flow_group[stores.flow_name(signed)][...], params)
+                 for gap in params.gaps for signed in (gap, -gap)}
     reader = open_tracks(tracks)
     if reader.n_frames != n_frames:
         raise StageError(
@@ -306,7 +305,13 @@ def load_sequence(
             f"{frames}: {n_frames} frames are too few for training items (need {shortest} = "
             f"pair_offset + max gap + 1); drop the sequence from training"
         )
-    return SequenceData(name=name, n_frames=n_frames, rgb=rgb, flow=flows, tracks_index=Path(tracks))
+    return SequenceData(name=name, n_frames=n_frames, rgb=rgb, flow_path=Path(flow), flow=flows,
+                        tracks_index=Path(tracks))
+
+
+def loss_flow(flow: np.ndarray, params: DataParams) -> np.ndarray:
+    """Flow store fields float32 [T, H, W, 2] -> [T, 2, hf, wf] at the loss size, clamped to ±flow_clamp."""
+    return np.clip(resize_flow(flow, params.flow_size), -params.flow_clamp, params.flow_clamp)
 
 
 def open_tracks(index_json: str | os.PathLike):
@@ -364,6 +369,14 @@ class TrainItems(torch.utils.data.Dataset):
             self._cache.popitem(last=False)
         return value
 
+    def _flow(self, seq: int, gap: int, frame: int) -> np.ndarray:
+        """Flow frame -> frame + gap at the loss size, float32 [2, hf, wf]."""
+        sequence = self.sequences[seq]
+        if sequence.flow is not None:
+            return sequence.flow[gap][frame]
+        group = stores.open_flow(sequence.flow_path)
+        return loss_flow(stores.read_flow(group, gap, frame)[None], self.params)[0]
+
     def item_plan(self, key: int) -> tuple[np.random.Generator, int, int, list[int], bool]:
         """(generator, sequence index, gap, 4 frames, flip) of item `key`."""
         rng = np.random.default_rng([self.seed, key])
@@ -381,7 +394,7 @@ class TrainItems(torch.utils.data.Dataset):
         params = self.params
         height, width = self.track_size
         signed_gaps = (gap, -gap, gap, -gap)  # forward, backward, forward, backward (METHOD.md §5)
-        flows = [sequence.flow[g][f] for g, f in zip(signed_gaps, frames, strict=True)]
+        flows = [self._flow(seq, g, f) for g, f in zip(signed_gaps, frames, strict=True)]
         per_frame = [
             sample_frame_tracks(
                 [self._query(seq, q) for q in query_frames(t, sequence.n_frames)],

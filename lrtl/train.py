@@ -2,7 +2,7 @@
 
     python -m lrtl.train --frames A.zarr B.zarr --flow A.zarr B.zarr --tracks A/index.json B/index.json \
         --params '<json of the merged train section>' --state-dir DIR.state --out model.pt \
-        --metrics metrics.jsonl --curve loss.png
+        --metrics metrics.jsonl --curve loss.png [--threads N]
 
 The lists are aligned by position. Resume state (last.pt and the live metrics log) lives in --state-dir,
 outside the declared outputs, so a killed job continues where it stopped (STYLE.md §12). The final model.pt,

@@ -38,6 +38,7 @@ PARAMS = {
         "smooth": 3,
         "min_visibility": 0.1,
         "flow_size": [16, 24],
+        "preload_flow": True,
         "flow_clamp": 20.0,
         "flip": 0.5,
         "workers": 0,
@@ -230,3 +231,17 @@ def test_schedules_are_relative_to_the_run_length():
     assert train.lr_factor(20000, 20000, 0.075, 0.9, True) == pytest.approx((1 - 20000 / 160000) ** 0.9)
     assert train.temporal_ramp(500, 1000, False) == pytest.approx(0.5005)
     assert train.temporal_ramp(20000, 20000, True) == pytest.approx(0.001 + 0.999 / 8)
+
+
+def test_dino_backbone_trains_frozen_and_is_not_checkpointed(inputs, tmp_path):
+    """The paper backbone (random weights: weights null) through a training step and back from model.pt."""
+    params = copy.deepcopy(PARAMS)
+    params["model"]["backbone"].update(name="dino_vitb8", layers=[9, 11])
+    params["model"]["mask_stride"] = 1
+    params.update(iterations=1, checkpoint_every=1)
+    run(inputs, tmp_path, params)
+    checkpoint = torch.load(tmp_path / "run" / "model.pt", weights_only=False)
+    assert checkpoint["model"] and not any(name.startswith("backbone.") for name in checkpoint["model"])
+    model, cfg = load_checkpoint(tmp_path / "run" / "model.pt")
+    assert cfg["backbone"]["name"] == "dino_vitb8"
+    assert model(torch.randn(1, 3, 32, 48)).logits.shape == (1, 3, 32, 48)

@@ -57,6 +57,7 @@ DATA = {
     "smooth": 3,
     "min_visibility": 0.1,
     "flow_size": [32, 48],
+    "preload_flow": True,
     "flow_clamp": 20.0,
     "flip": 0.5,
     "workers": 0,
@@ -384,3 +385,10 @@ def test_clean_tracks_and_loc():
 def test_missing_flow_gap_names_the_fix(inputs):
     with pytest.raises(data.StageError, match="flow.gaps"):
         make_items(inputs, gaps=[3])
+
+
+def test_flow_read_per_item_equals_preloaded_flow(inputs):
+    preloaded, lazy = make_items(inputs), make_items(inputs, preload_flow=False)
+    assert lazy.sequences[0].flow is None
+    for key in (0, 7):
+        assert np.array_equal(preloaded[key]["flow"], lazy[key]["flow"])

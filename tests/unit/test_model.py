@@ -173,6 +173,7 @@ def _tiny_params():
                 "smooth": 3,
                 "min_visibility": 0.1,
                 "flow_size": [],
+                "preload_flow": True,
                 "flow_clamp": 20.0,
                 "flip": 0.5,
                 "workers": 0,

@@ -33,5 +33,6 @@ rule train_model:
             --out {output.model:q} \
             --metrics {output.metrics:q} \
             --curve {output.curve:q} \
+            --threads {threads} \
             >{log:q} 2>&1
         """
