@@ -49,8 +49,10 @@ def _snakemake(
     """Run Snakemake on the repo's Snakefile in `workdir` (cwd too, so relative log dirs land there)."""
     cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "-d", str(workdir)]
     if profiles:
-        # exactly as users run it: profiles/default (the workflow profile) is applied on top
-        cmd += [arg for profile in PROFILES for arg in ("--profile", str(profile))]
+        cmd += [arg for profile in PROFILES for arg in ("--profile", str(profile))] + [
+            "--workflow-profile",
+            "none",
+        ]
     cmd += list(args)
     if background:
         log = open(workdir.parent / f"{workdir.name}.snakemake.txt", "w")  # noqa: SIM115 - closed by the caller
@@ -337,6 +339,8 @@ def test_davis_dry_run_groups_small_jobs(tmp_path: Path) -> None:
         "-n",
         "--profile",
         str(REPO / "profiles" / "slurm"),
+        "--workflow-profile",
+        "none",
         "--configfile",
         str(overlay),
     ]

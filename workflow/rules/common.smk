@@ -17,6 +17,28 @@ PIPELINE_RUNS = list(config["train"]["runs"])
 BASELINE_RUN = "baseline"
 
 
+def check_targets():
+    """Targets must name configured datasets and runs; synthetic datasets live where make_synthetic writes."""
+    for name in config["targets"]["datasets"]:
+        if name not in config["datasets"]:
+            raise ValueError(
+                f"targets.datasets: {name!r} is not under datasets: ({', '.join(config['datasets'])})"
+            )
+        spec = config["datasets"][name]
+        if spec["layout"] == "synthetic" and spec["root"] != f"results/{name}/raw":
+            raise ValueError(
+                f"datasets.{name}.root must be results/{name}/raw (where make_synthetic writes)"
+            )
+    for run in config["targets"]["runs"]:
+        if run not in PIPELINE_RUNS:
+            raise ValueError(
+                f"targets.runs: {run!r} is not under train.runs: ({', '.join(PIPELINE_RUNS)})"
+            )
+
+
+check_targets()
+
+
 def deep_merge(base, override):
     """A copy of `base` with `override` merged in recursively (override wins)."""
     merged = copy.deepcopy(base)
@@ -159,11 +181,17 @@ def track_inputs(wildcards):
 
 def train_inputs(wildcards):
     names = sequences_of(wildcards.dataset, "train_splits")
-    return {
+    inputs = {
         "frames": [f"results/{wildcards.dataset}/frames/{s}.zarr" for s in names],
         "flow": [f"results/{wildcards.dataset}/flow/{s}.zarr" for s in names],
         "tracks": [f"results/{wildcards.dataset}/tracks/{s}/index.json" for s in names],
     }
+    backbone = run_params(wildcards)["model"]["backbone"]
+    if backbone["name"] != "small":
+        inputs["backbone_weights"] = backbone[
+            "weights"
+        ]  # declared only; lrtl.train reads it from params
+    return inputs
 
 
 def infer_inputs(wildcards):
@@ -172,7 +200,9 @@ def infer_inputs(wildcards):
         "frames": f"results/{wildcards.dataset}/frames/{wildcards.sequence}.zarr",
     }
     if config["infer"]["merge_features"] == "dino_vits8":
-        inputs["dino_weights"] = config["infer"]["dino_weights"]
+        inputs["dino_weights"] = config["infer"][
+            "dino_weights"
+        ]  # declared only; lrtl.infer reads it from params
     return inputs
 
 
@@ -214,7 +244,9 @@ def tables_params_json(wildcards):
 
 
 def synthetic_index(wildcards):
-    return sequences_of(wildcards.dataset).index(wildcards.sequence)
+    """The generator's index of a synthetic sequence (its place in the full plan, whatever only_sequences says)."""
+    names = [name for name, _ in lrtl.synthetic.sequence_plan(config["synthetic"])]
+    return names.index(wildcards.sequence)
 
 
 # ----------------------------------------------------------------------------- targets

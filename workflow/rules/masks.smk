@@ -19,12 +19,12 @@ rule infer_masks:
         mem_mb=8000,
         runtime=runtime_per_attempt(60),
     params:
-        inputs=input_flags,
         infer=stage_params("infer"),
     shell:
         """
         python -m lrtl.infer \
-            {params.inputs} \
+            --model {input.model:q} \
+            --frames {input.frames:q} \
             --run {wildcards.run:q} \
             --params {params.infer:q} \
             --out {output.masks:q} \

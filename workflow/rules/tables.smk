@@ -16,6 +16,6 @@ rule make_tables:
         python -m lrtl.tables \
             --metrics {input:q} \
             --params {params.tables:q} \
-            --out-dir results/tables \
+            --out-dir "$(dirname {output.summary:q})" \
             >{log:q} 2>&1
         """
