@@ -49,6 +49,13 @@ rule all:
         all_tables,
 
 
+rule paper:
+    # The paper's tables: Table 1 and the ablation tables for targets.datasets x targets.runs
+    # (snakemake paper --configfile config.paper.yaml).
+    input:
+        all_tables,
+
+
 rule all_frames:
     input:
         all_frames,

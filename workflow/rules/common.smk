@@ -312,6 +312,7 @@ def all_tables(wildcards=None):
 
 localrules:
     all,
+    paper,
     all_frames,
     all_flow,
     all_tracks,
