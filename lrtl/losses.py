@@ -11,7 +11,9 @@ Low-rank trajectory loss (METHOD.md §7.2, §12.1).  The singular values of the 
 ``P = p · diag(w)`` (D = 2C = 82, N = 70,000) are taken from a small D x D factor instead of a D x N SVD:
 
 * ``route="gram"`` (default): ``G = p diag(w²) pᵀ`` accumulated in float64 over column chunks, without
-  materialising P; ``σ_i = sqrt(max(λ_i(G), 0))``.  The backward uses ``sqrt(max(λ_i, 0) + ε)`` with
+  materialising P, multiplying only the row blocks on and above the diagonal (G is symmetric);
+  ``σ_i = sqrt(max(λ_i(G), 0))``.  Non-finite input is detected on the small G (it always reaches G's
+  diagonal), so the [B, D, N] input is not scanned twice.  The backward uses ``sqrt(max(λ_i, 0) + ε)`` with
   ``ε = D · eps64 · λ_max`` (the Gram's round-off level), which bounds the 1/(2σ) gradient without biasing
   the value (a forward ε would add up to 77·sqrt(ε) ≈ 1e-5 σ_1).  Forward and backward are a custom
   autograd function whose gradient is ``dL/dG = U diag(1/(2σ)) Uᵀ`` on the tail eigenvectors, so it never
@@ -44,10 +46,12 @@ __all__ = [
     "trajectory_matrix",
 ]
 
-# Columns per float64 Gram chunk on CPU: [K*D, chunk] temporaries of a few MB stay in cache.
-_CPU_GRAM_CHUNK = 2048
+# Columns per float64 Gram chunk on CPU: [K*rows, chunk] temporaries of a few MB stay in cache.
+_CPU_GRAM_CHUNK = 4096
 # Columns per chunk on accelerators (fewer, larger kernels).
 _ACCEL_GRAM_CHUNK = 65536
+# Rows per block of the staircase Gram (D = 82 -> 4 blocks).
+_GRAM_ROW_BLOCK = 20
 
 
 # --------------------------------------------------------------------------------------------------
@@ -120,22 +124,34 @@ def _gram_chunk(device: torch.device) -> int:
     return _CPU_GRAM_CHUNK if device.type == "cpu" else _ACCEL_GRAM_CHUNK
 
 
+def _row_blocks(dim: int) -> list[int]:
+    """Edges of the row blocks of the staircase Gram: ~_GRAM_ROW_BLOCK rows each."""
+    n_blocks = max(1, round(dim / _GRAM_ROW_BLOCK))
+    return [round(i * dim / n_blocks) for i in range(n_blocks + 1)]
+
+
 def _weighted_gram(traj: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """G[b, k] = p_b diag(w_{b,k}²) p_bᵀ in float64, accumulated over column chunks.
 
+    Only the blocks on and above the diagonal are multiplied (row block i against rows i.. of p, a
+    "staircase"), then mirrored: with 4 row blocks that is 10 of 16 block products, 62% of the flops.
     traj: [B, D, N]; weights: [B, K, N]. Returns [B, K, D, D] float64.
     """
     batch, dim, n_cols = traj.shape
     n_masks = weights.shape[1]
     chunk = _gram_chunk(traj.device)
-    gram = torch.zeros(batch, n_masks * dim, dim, dtype=torch.float64, device=traj.device)
+    edges = _row_blocks(dim)
+    gram = torch.zeros(batch, n_masks, dim, dim, dtype=torch.float64, device=traj.device)
     for b in range(batch):
         for start in range(0, n_cols, chunk):
             p = traj[b, :, start : start + chunk].to(torch.float64)  # [D, c]
             w2 = weights[b, :, start : start + chunk].to(torch.float64).square()  # [K, c]
-            weighted = (p.unsqueeze(0) * w2.unsqueeze(1)).reshape(n_masks * dim, -1)  # [K*D, c]
-            gram[b].addmm_(weighted, p.T)
-    return gram.reshape(batch, n_masks, dim, dim)
+            for lo, hi in zip(edges[:-1], edges[1:]):
+                weighted = (p[lo:hi].unsqueeze(0) * w2.unsqueeze(1)).reshape(n_masks * (hi - lo), -1)
+                block = (weighted @ p[lo:].T).reshape(n_masks, hi - lo, dim - lo)  # [K, rows, D - lo]
+                gram[b, :, lo:hi, lo:] += block
+    upper = torch.ones(dim, dim, dtype=torch.bool, device=traj.device).triu()
+    return torch.where(upper, gram, gram.transpose(-1, -2))
 
 
 class _GramTailSum(torch.autograd.Function):
@@ -144,6 +160,10 @@ class _GramTailSum(torch.autograd.Function):
     @staticmethod
     def forward(ctx, traj, weights, rank):  # traj [B, D, N], weights [B, K, N] -> [B, K] float64
         gram = _weighted_gram(traj, weights)  # [B, K, D, D]
+        if not bool(torch.isfinite(gram).all()):  # any non-finite input reaches the Gram's diagonal
+            _check_finite("traj", traj)
+            _check_finite("weights", weights)
+            raise ValueError("lowrank_trajectory_loss: the weighted Gram overflowed float64; rescale the tracks")
         evals, evecs = torch.linalg.eigh(gram)  # ascending, [B, K, D], [B, K, D, D]
         evals = evals.flip(-1)
         evecs = evecs.flip(-1)
@@ -236,10 +256,11 @@ def lowrank_tail_sums(
         raise ValueError(f"traj {list(traj.shape)} and weights {list(weights.shape)} disagree on B or N")
     if rank < 0:
         raise ValueError(f"rank must be >= 0, got {rank}")
-    _check_finite("traj", traj)
-    _check_finite("weights", weights)
     batch, dim, n_cols = traj.shape
     n_masks = weights.shape[1]
+    if route != "gram" or rank >= min(dim, n_cols):  # the Gram route checks its small Gram instead
+        _check_finite("traj", traj)
+        _check_finite("weights", weights)
     if rank >= min(dim, n_cols):
         return (traj.sum() * weights.sum() * 0.0).to(torch.float64).expand(batch, n_masks)
     if route == "gram":
