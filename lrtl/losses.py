@@ -33,6 +33,8 @@ wide D x N matrix (the reference's call) than on its N x D transpose, which it r
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 
@@ -146,7 +148,7 @@ def _weighted_gram(traj: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         for start in range(0, n_cols, chunk):
             p = traj[b, :, start : start + chunk].to(torch.float64)  # [D, c]
             w2 = weights[b, :, start : start + chunk].to(torch.float64).square()  # [K, c]
-            for lo, hi in zip(edges[:-1], edges[1:]):
+            for lo, hi in itertools.pairwise(edges):
                 weighted = (p[lo:hi].unsqueeze(0) * w2.unsqueeze(1)).reshape(n_masks * (hi - lo), -1)
                 block = (weighted @ p[lo:].T).reshape(n_masks, hi - lo, dim - lo)  # [K, rows, D - lo]
                 gram[b, :, lo:hi, lo:] += block

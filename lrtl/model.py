@@ -30,16 +30,14 @@ CHECKPOINT_FORMAT = "lrtl-checkpoint-1"
 
 
 def resize_rgb(rgb: np.ndarray, size: Sequence[int]) -> np.ndarray:
-    """uint8 [T, H, W, 3] -> uint8 [T, h, w, 3]; area averaging when shrinking, bicubic when enlarging.
+    """uint8 [T, H, W, 3] -> uint8 [T, h, w, 3], bicubic as the reference (METHOD.md §9 step 1).
 
-    Shared by training and inference so that both see identically resized frames.
+    Shared by training and inference so that both see identically resized frames (cv2 saturates to 0..255).
     """
     height, width = int(size[0]), int(size[1])
     if rgb.shape[1:3] == (height, width):
         return np.ascontiguousarray(rgb)
-    shrink = height <= rgb.shape[1] and width <= rgb.shape[2]
-    interpolation = cv2.INTER_AREA if shrink else cv2.INTER_CUBIC
-    return np.stack([cv2.resize(frame, (width, height), interpolation=interpolation) for frame in rgb])
+    return np.stack([cv2.resize(frame, (width, height), interpolation=cv2.INTER_CUBIC) for frame in rgb])
 
 
 def normalize_images(rgb: torch.Tensor) -> torch.Tensor:
@@ -250,6 +248,8 @@ def load_checkpoint(
     model.to(device).eval()
     cfg["checkpoint"] = {
         key: checkpoint.get(key)
-        for key in ("step", "lrtl_version", "git_sha", "params", "torch_version", "backbone_sha256")
+        for key in (
+            "step", "lrtl_version", "git_sha", "params", "torch_version", "backbone_sha256", "validation", "selected_on"
+        )
     }
     return model, cfg

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import resource
+import shutil
 import subprocess
 import time
 from collections.abc import Sequence
@@ -36,14 +37,18 @@ from tqdm import tqdm
 from lrtl import __version__, losses
 from lrtl.cli import StageError, json_params, progress_enabled, run_stage
 from lrtl.data import DataParams, TrainItems, flatten_batch, load_sequence, make_loader
+from lrtl.infer import Predictor
+from lrtl.metrics import best_of_two
 from lrtl.model import CHECKPOINT_FORMAT, build_model, normalize_images
 from lrtl.params import Params
-from lrtl.stores import atomic_path, write_text
+from lrtl.pictures import upsample
+from lrtl.stores import atomic_path, open_store, read_ground_truth, write_text
 
 log = logging.getLogger(__name__)
 
 REFERENCE_HORIZON = 160_000  # the reference's nominal schedule length (METHOD.md §8, §11 item 3)
 REFERENCE_GRAD_CLIP = 0.01  # the reference's inherited clip (METHOD.md §11 item 2)
+SELECTED_ON_GT = "selected on ground-truth labels: a diagnostic, never a result (METHOD.md §8)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +93,13 @@ class OptimParams(Params):
 
 
 @dataclasses.dataclass(frozen=True)
+class ValidateParams(Params):
+    every: int  # steps between validations on the annotated frames of the training sequences; 0 = never
+    frames: int  # annotated frames scored, spread evenly over the training sequences with ground truth
+    threshold: float  # merged soft-mask threshold at ground-truth resolution (paper 0.5, strict >)
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainParams(Params):
     model: ModelParams
     data: DataParams
@@ -101,6 +113,7 @@ class TrainParams(Params):
     compat: str  # fixed | reference (METHOD.md §11)
     log_every: int  # steps between metrics.jsonl lines
     checkpoint_every: int  # steps between resume checkpoints (state-dir/last.pt)
+    validate: ValidateParams  # periodic validation where ground truth exists (reference: every 250 steps)
 
 
 def parse_params(mapping: dict[str, Any]) -> TrainParams:
@@ -182,8 +195,10 @@ def memory_mb(device: torch.device) -> dict[str, float]:
     return usage
 
 
-def save_checkpoint(path: Path, model, params: TrainParams, step: int, optimizer=None) -> None:
-    """Self-describing checkpoint (STYLE.md §12): model args, params, step, versions (+ optimiser, RNG)."""
+def save_checkpoint(
+    path: Path, model, params: TrainParams, step: int, optimizer=None, **extra: Any
+) -> None:
+    """Self-describing checkpoint (STYLE.md §12): model args, params, step, versions (+ optimiser, RNG, extra)."""
     checkpoint = {
         "format": CHECKPOINT_FORMAT,
         "model": model.trainable_state_dict(),
@@ -198,6 +213,9 @@ def save_checkpoint(path: Path, model, params: TrainParams, step: int, optimizer
     if optimizer is not None:
         checkpoint["optimizer"] = optimizer.state_dict()
         checkpoint["torch_rng"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            checkpoint["cuda_rng"] = torch.cuda.get_rng_state_all()
+    checkpoint.update(extra)
     with atomic_path(path) as tmp:
         torch.save(checkpoint, tmp)
 
@@ -210,27 +228,39 @@ def read_metrics(path: Path, up_to_step: int | None = None) -> list[dict[str, An
 
 
 def write_curve(rows: list[dict[str, Any]], out: Path, title: str) -> None:
-    """Loss terms (log scale) and learning rate against step, PNG (Agg canvas; no pyplot global state)."""
+    """Loss terms (log scale) and learning rate against step, plus validation J when there is any, PNG
+    (Agg canvas; no pyplot global state)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(8, 4.5), dpi=100)
+    loss_rows = [row for row in rows if "loss" in row]
+    val_rows = [row for row in rows if "val_j" in row]
+    figure = Figure(figsize=(8, 7 if val_rows else 4.5), dpi=100)
     FigureCanvasAgg(figure)
-    axes = figure.add_subplot(1, 1, 1)
-    steps = [row["step"] for row in rows]
+    axes = figure.add_subplot(2 if val_rows else 1, 1, 1)
+    steps = [row["step"] for row in loss_rows]
     for name in ("loss", "loss_flow", "loss_traj", "loss_temp"):
-        values = [row.get(name) for row in rows]
+        values = [row.get(name) for row in loss_rows]
         if any(v is not None and v > 0 for v in values):
             axes.plot(steps, [v if v is not None and v > 0 else np.nan for v in values], label=name)
     axes.set_yscale("log")
     axes.set_xlabel("step")
     axes.set_ylabel("weighted loss")
     axes.set_title(title)
-    if rows:
+    if loss_rows:
         lr_axes = axes.twinx()
-        lr_axes.plot(steps, [row["lr"] for row in rows], color="grey", linestyle=":", label="lr")
+        lr_axes.plot(steps, [row["lr"] for row in loss_rows], color="grey", linestyle=":", label="lr")
         lr_axes.set_ylabel("learning rate")
     axes.legend(loc="upper right")
+    if val_rows:
+        val_axes = figure.add_subplot(2, 1, 2, sharex=axes)
+        val_axes.plot([r["step"] for r in val_rows], [100 * r["val_j"] for r in val_rows], marker="o")
+        best = max(val_rows, key=lambda r: r["val_j"])
+        val_axes.annotate(f"best {100 * best['val_j']:.1f} (step {best['step']}, selected on GT)",
+                          (best["step"], 100 * best["val_j"]), textcoords="offset points", xytext=(0, -14),
+                          ha="center", fontsize=8)
+        val_axes.set_xlabel("step")
+        val_axes.set_ylabel("validation J x100")
     figure.tight_layout()
     with atomic_path(out) as tmp:
         figure.savefig(tmp, format="png")
@@ -251,6 +281,52 @@ def log_row(row: dict[str, Any], iterations: int) -> None:
                       if name.startswith("loss_") and not name.startswith("loss_raw"))
     log.info("step %d/%d loss %.4g (%s) lr %.3g, %.2f it/s, data wait %.0f%%", row["step"], iterations,
              row["loss"], terms, row["lr"], row["it_per_s"], 100 * row["data_wait"])
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidationFrames:
+    """Annotated frames of the training sequences with their ground truth (periodic validation)."""
+
+    rgb: list[np.ndarray]  # V frames, uint8 [H, W, 3] at frame-store resolution
+    gt: list[np.ndarray]  # V bool masks [Hg, Wg]
+    names: list[str]  # "<store>:<frame>" of each
+
+
+def load_validation(frames: Sequence[str | os.PathLike], params: ValidateParams) -> ValidationFrames | None:
+    """Up to `params.frames` annotated frames spread evenly over the stores; None without ground truth."""
+    annotated = []  # (store, row in gt, frame index)
+    for path in frames:
+        _, gt_index = read_ground_truth(path)
+        annotated += [(str(path), row, int(frame)) for row, frame in enumerate(gt_index.tolist())]
+    if params.every <= 0 or params.frames <= 0 or not annotated:
+        return None
+    picks = np.unique(np.linspace(0, len(annotated) - 1, min(params.frames, len(annotated))).round().astype(int))
+    chosen = [annotated[i] for i in picks]
+    rgb, gt = [], []
+    for path in dict.fromkeys(store for store, _, _ in chosen):
+        group = open_store(path, "frames")
+        for store, row, frame in chosen:
+            if store == path:
+                rgb.append(group["rgb"][frame])
+                gt.append(group["gt"][row].astype(bool))
+    return ValidationFrames(rgb, gt, [f"{store}:{frame}" for store, _, frame in chosen])
+
+
+def validate(model, frames: ValidationFrames, input_size, device, threshold: float) -> float:
+    """Mean best-of-2 J over the validation frames, by the evaluation protocol (METHOD.md §9 steps 1-3).
+
+    The K masks are merged to 2 without labels (the model's decoder features); leaves the model in train mode.
+    """
+    predictor = Predictor(model, input_size, device, batch_size=8)
+    scores = []
+    try:
+        for rgb, gt in zip(frames.rgb, frames.gt, strict=True):
+            merged = predictor.predict(rgb[None])["merged"][0]  # [2, h, w]
+            merged_bin = upsample(merged, *gt.shape) > threshold  # [2, Hg, Wg]
+            scores.append(best_of_two(merged_bin, gt)[0])
+    finally:
+        model.train()
+    return float(np.mean(scores))
 
 
 def compute_losses(
@@ -304,8 +380,14 @@ def run_train(
     out: str | os.PathLike,
     metrics: str | os.PathLike,
     curve: str | os.PathLike,
+    best: str | os.PathLike | None = None,
 ) -> None:
-    """Train top to bottom: data -> model -> optimiser -> resume -> loop -> model.pt, metrics, curve."""
+    """Train top to bottom: data -> model -> optimiser -> resume -> loop -> model.pt, metrics, curve.
+
+    With ground truth in the frames stores, the model is validated every `validate.every` steps and at the
+    end; `best` receives the checkpoint of the best validation J (selected on labels: a diagnostic, the
+    results use the last model), or the last model when there is nothing to validate on.
+    """
     started = time.perf_counter()
     if not (len(frames) == len(flow) == len(tracks)):
         raise StageError(
@@ -330,6 +412,9 @@ def run_train(
         sum(s.n_frames for s in sequences),
         items.track_size,
     )
+    validation = load_validation(frames, params.validate)
+    if validation is not None:
+        log.info("validating every %d steps on %d annotated frames", params.validate.every, len(validation.gt))
 
     # model and optimiser (AdamW; no weight decay for norms and query embeddings)
     model = build_model(params.model.to_dict()).to(device)
@@ -345,14 +430,18 @@ def run_train(
 
     # resume from the state dir when its checkpoint was written with the same params
     step = 0
-    last, live_metrics = state_dir / "last.pt", state_dir / "metrics.jsonl"
+    best_val: dict[str, Any] | None = None  # {"step", "val_j"} of the best validation so far
+    last, live_metrics, best_state = state_dir / "last.pt", state_dir / "metrics.jsonl", state_dir / "best.pt"
     if last.is_file():
         state = torch.load(last, map_location="cpu", weights_only=False)
         if state.get("params") == params.to_dict() and state.get("format") == CHECKPOINT_FORMAT:
             model.load_state_dict(state["model"], strict=False)
             optimizer.load_state_dict(state["optimizer"])
             torch.set_rng_state(state["torch_rng"])
+            if "cuda_rng" in state and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["cuda_rng"])
             step = int(state["step"])
+            best_val = state.get("validation_best")
             log.info("resumed from %s at step %d", last, step)
         else:
             log.warning("%s was written with other params; starting from step 0", last)
@@ -409,13 +498,35 @@ def run_train(
                 metrics_log.flush()
                 log_row(row, params.iterations)
                 window = {"data": 0.0, "step": 0.0, "n": 0, "sums": {}}
+            if validation is not None and (step % params.validate.every == 0 or step == params.iterations):
+                val_j = validate(model, validation, params.model.input_size, device, params.validate.threshold)
+                metrics_log.write(json.dumps({"step": step, "val_j": val_j, "val_frames": len(validation.gt)}) + "\n")
+                metrics_log.flush()
+                log.info("step %d validation J %.4f on %d annotated frames", step, val_j, len(validation.gt))
+                if best_val is None or val_j > best_val["val_j"]:
+                    best_val = {"step": step, "val_j": val_j}
+                    save_checkpoint(best_state, model, params, step, selected_on=SELECTED_ON_GT, val_j=val_j)
+                tic = time.perf_counter()  # validation time is not training time
             if step % params.checkpoint_every == 0 or step == params.iterations:
-                save_checkpoint(last, model, params, step, optimizer)
+                save_checkpoint(last, model, params, step, optimizer, validation_best=best_val)
     progress.close()
 
-    # final artefacts: model.pt, the metrics log and the curve, each written atomically
-    save_checkpoint(out, model, params, step)
+    # final artefacts: model.pt, best.pt, the metrics log and the curve, each written atomically
     rows = read_metrics(live_metrics)
+    val_rows = [row for row in rows if "val_j" in row]
+    summary = None
+    if val_rows:
+        summary = {"last": {"step": val_rows[-1]["step"], "val_j": val_rows[-1]["val_j"]}, "best": best_val,
+                   "frames": val_rows[-1]["val_frames"], "best_selected_on": SELECTED_ON_GT}
+        log.info("validation J: last %.4f (step %d); best %.4f (step %d, %s)", summary["last"]["val_j"],
+                 summary["last"]["step"], best_val["val_j"], best_val["step"], SELECTED_ON_GT)
+    save_checkpoint(out, model, params, step, validation=summary)
+    if best is not None:
+        if summary is not None and best_state.is_file():
+            with atomic_path(best) as tmp:
+                shutil.copyfile(best_state, tmp)
+        else:
+            save_checkpoint(Path(best), model, params, step, selected_on="last step (no ground truth to validate on)")
     write_text(metrics, "".join(json.dumps(row) + "\n" for row in rows))
     write_curve(rows, curve, f"{params.model.backbone.name}, K={params.model.k}, {step} steps")
     log.info(
@@ -447,6 +558,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--metrics", required=True, help="metrics log to write (jsonl)")
     parser.add_argument("--curve", required=True, help="loss-curve PNG to write")
     parser.add_argument(
+        "--best", help="checkpoint of the best validation J (selected on labels; the last model without them)"
+    )
+    parser.add_argument(
         "--threads", type=int, help="torch CPU threads (the rule's threads; omitted: torch's choice)"
     )
     return parser
@@ -477,6 +591,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             out=args.out,
             metrics=args.metrics,
             curve=args.curve,
+            best=args.best,
         )
 
     run_stage("train", body, build_parser(), argv)

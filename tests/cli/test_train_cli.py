@@ -61,6 +61,7 @@ PARAMS = {
     "compat": "fixed",
     "log_every": 1,
     "checkpoint_every": 2,
+    "validate": {"every": 2, "frames": 6, "threshold": 0.5},
 }
 
 
@@ -89,9 +90,15 @@ def run(inputs, root, params=PARAMS):
             str(root / "run" / "metrics.jsonl"),
             "--curve",
             str(root / "run" / "loss.png"),
+            "--best",
+            str(root / "run" / "best.pt"),
         ]
     )
     return [json.loads(line) for line in (root / "run" / "metrics.jsonl").read_text().splitlines()]
+
+
+def loss_rows(rows):
+    return [row for row in rows if "loss" in row]
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +108,8 @@ def first_run(inputs, tmp_path_factory):
 
 
 def test_train_writes_model_metrics_and_curve(first_run):
-    root, rows = first_run
+    root, all_rows = first_run
+    rows = loss_rows(all_rows)
     assert [row["step"] for row in rows] == [1, 2, 3, 4]
     for row in rows:
         assert {
@@ -129,9 +137,34 @@ def test_train_writes_model_metrics_and_curve(first_run):
     assert not list(root.glob("**/*.tmp-*"))  # atomic writes left nothing behind
 
 
+def test_validation_reports_the_last_and_the_best_checkpoint(first_run):
+    root, rows = first_run
+    val = [row for row in rows if "val_j" in row]
+    assert [row["step"] for row in val] == [2, 4]  # every 2 steps and at the end
+    assert all(0.0 <= row["val_j"] <= 1.0 and row["val_frames"] == 6 for row in val)
+    summary = load_checkpoint(root / "run" / "model.pt")[1]["checkpoint"]["validation"]
+    assert summary["last"] == {"step": 4, "val_j": val[-1]["val_j"]}
+    best = max(val, key=lambda row: row["val_j"])
+    assert summary["best"]["val_j"] == best["val_j"]
+    best_ckpt = torch.load(root / "run" / "best.pt", weights_only=False)
+    assert best_ckpt["step"] == summary["best"]["step"] and best_ckpt["val_j"] == best["val_j"]
+    assert "ground-truth" in best_ckpt["selected_on"]
+
+
+def test_without_ground_truth_best_is_the_last_model(inputs, tmp_path):
+    params = copy.deepcopy(PARAMS)
+    params.update(iterations=2, validate={"every": 0, "frames": 6, "threshold": 0.5})
+    rows = run(inputs, tmp_path, params)
+    assert not [row for row in rows if "val_j" in row]
+    best = torch.load(tmp_path / "run" / "best.pt", weights_only=False)
+    last = torch.load(tmp_path / "run" / "model.pt", weights_only=False)
+    assert best["step"] == last["step"] == 2 and "no ground truth" in best["selected_on"]
+    assert all(torch.equal(best["model"][name], last["model"][name]) for name in last["model"])
+
+
 def test_same_seed_gives_the_same_final_loss(inputs, first_run, tmp_path):
-    rows = run(inputs, tmp_path)
-    assert rows[-1]["loss"] == first_run[1][-1]["loss"]
+    rows = loss_rows(run(inputs, tmp_path))
+    assert rows[-1]["loss"] == loss_rows(first_run[1])[-1]["loss"]
 
 
 def test_killed_run_resumes_and_continues_the_step_counter(inputs, first_run, tmp_path, monkeypatch, capfd):
@@ -150,14 +183,17 @@ def test_killed_run_resumes_and_continues_the_step_counter(inputs, first_run, tm
     with pytest.raises(KeyboardInterrupt):
         run(inputs, tmp_path)
     assert not (tmp_path / "run" / "model.pt").exists()
-    live = (tmp_path / "run.state" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["step"] for line in live] == [1, 2, 3]
+    live = [json.loads(line) for line in (tmp_path / "run.state" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in loss_rows(live)] == [1, 2, 3]
     monkeypatch.setattr(train, "make_loader", real_loader)
     capfd.readouterr()
-    rows = run(inputs, tmp_path)
+    all_rows = run(inputs, tmp_path)
+    rows = loss_rows(all_rows)
     assert "resumed from" in capfd.readouterr().err  # logged to stderr (lrtl.cli.setup_logging)
     assert [row["step"] for row in rows] == [1, 2, 3, 4]  # step 3 was redone, not duplicated
-    assert rows[-1]["loss"] == first_run[1][-1]["loss"]  # the resumed run is the uninterrupted run
+    assert rows[-1]["loss"] == loss_rows(first_run[1])[-1]["loss"]  # the resumed run is the uninterrupted run
+    validations = [row for row in all_rows if "val_j" in row]
+    assert validations == [row for row in first_run[1] if "val_j" in row]  # kept at step 2, equal at step 4
     assert load_checkpoint(tmp_path / "run" / "model.pt")[1]["checkpoint"]["step"] == 4
 
 
@@ -165,14 +201,14 @@ def test_zero_weight_terms_are_not_computed(inputs, tmp_path):
     params = copy.deepcopy(PARAMS)
     params["loss"].update(w_traj=0.0, w_temp=0.0)  # flow_only (GWM's loss)
     params["iterations"] = 2
-    rows = run(inputs, tmp_path, params)
+    rows = loss_rows(run(inputs, tmp_path, params))
     assert "loss_flow" in rows[-1] and "loss_traj" not in rows[-1] and "loss_temp" not in rows[-1]
 
 
 def test_reference_compat_runs(inputs, tmp_path):
     params = copy.deepcopy(PARAMS)
     params.update(compat="reference", iterations=2)
-    rows = run(inputs, tmp_path, params)
+    rows = loss_rows(run(inputs, tmp_path, params))
     assert rows[-1]["step"] == 2
 
 

@@ -196,5 +196,6 @@ def _tiny_params():
             "compat": "fixed",
             "log_every": 2,
             "checkpoint_every": 2,
+            "validate": {"every": 0, "frames": 0, "threshold": 0.5},
         }
     )

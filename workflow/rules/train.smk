@@ -8,6 +8,7 @@ rule train_model:
         model="results/{dataset}/train/{run}/model.pt",
         metrics="results/{dataset}/train/{run}/metrics.jsonl",
         curve="results/{dataset}/train/{run}/loss.png",
+        best="results/{dataset}/train/{run}/best.pt",
     log:
         "logs/{dataset}/train/{run}.log",
     benchmark:
@@ -33,6 +34,7 @@ rule train_model:
             --out {output.model:q} \
             --metrics {output.metrics:q} \
             --curve {output.curve:q} \
+            --best {output.best:q} \
             --threads {threads} \
             >{log:q} 2>&1
         """
