@@ -7,7 +7,9 @@
 # results/{dataset}/flow/{sequence}.zarr                  float32 [T,H,W,2] per signed gap
 # results/{dataset}/tracks/{sequence}/chunk-{chunk}.zarr  one store per tracking job (query frames of one chunk)
 # results/{dataset}/tracks/{sequence}/index.json          chunk list + check that every frame was queried once
-# results/{dataset}/train/{run}/model.pt                  self-describing checkpoint (+ metrics.jsonl, loss.png)
+# results/{dataset}/train/{run}/model.pt                  self-describing checkpoint of the last step (used downstream)
+# results/{dataset}/train/{run}/best.pt                   best validation J on annotated frames: GT-selected, a diagnostic
+# results/{dataset}/train/{run}/metrics.jsonl, loss.png   losses, lr, it/s, memory, validation J; the curves
 # results/{dataset}/train/{run}.state/                    resume state (not a declared output)
 # results/{dataset}/masks/{run}/{sequence}.zarr           soft masks [T,K,h,w] + merged [T,2,h,w]
 # results/{dataset}/masks/{run}/{sequence}/               binary mask PNGs, overlay sheet, GIF, K-mask picture
