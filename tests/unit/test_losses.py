@@ -7,6 +7,7 @@ import functools
 import pytest
 import torch
 
+from lrtl import losses
 from lrtl.losses import (
     flow_loss,
     lowrank_tail_sums,
@@ -144,6 +145,17 @@ def test_routes_match_direct_svdvals(route, case):
     loss = lowrank_trajectory_loss(traj, weights, RANK, route)
     assert loss.dtype == torch.float32 and loss.dim() == 0
     torch.testing.assert_close(loss.double(), expected.mean(), rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("dim", [6, 45, 82])
+def test_staircase_gram_equals_the_full_weighted_gram(dim):
+    """Row blocks x column chunks (N spans several chunks, uneven last block) rebuild p diag(w²) pᵀ."""
+    gen = _gen(3)
+    traj = torch.randn(2, dim, 9_000, generator=gen) * 50  # [B, D, N]
+    weights = torch.rand(2, 3, 9_000, generator=gen)  # [B, K, N]
+    p = traj.double()
+    expected = torch.einsum("bdn,bkn,ben->bkde", p, weights.double().square(), p)  # [B, K, D, D]
+    torch.testing.assert_close(losses._weighted_gram(traj, weights), expected, rtol=1e-12, atol=1e-6)
 
 
 @pytest.mark.parametrize("route", ROUTES)
