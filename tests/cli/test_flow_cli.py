@@ -9,14 +9,14 @@ import pytest
 
 from lrtl import flow, stores
 from lrtl.synthetic import load_scene
+from tests.conftest import config_section
 
-PARAMS = {
-    "backend": "dis",
-    "gaps": [2],
-    "dis": {"preset": "medium"},
-    "raft": {"weights": "unused.pth", "iterations": 1, "device": "cpu", "batch_size": 2},
-    "flo": {"subdir": ""},
-}
+PARAMS = config_section(
+    "flow",
+    backend="dis",
+    gaps=[2],
+    raft={"weights": "unused.pth", "iterations": 1, "device": "cpu", "batch_size": 2},
+)
 
 
 @pytest.fixture(scope="module")

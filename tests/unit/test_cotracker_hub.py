@@ -20,6 +20,7 @@ from lrtl import stores, tracks
 from lrtl.backends.cotracker import CoTrackerTracker
 from lrtl.track_store import decode_tracks, open_chunk
 from lrtl.tracks import TrackInputs, TracksParams, query_grid, window_bounds
+from tests.conftest import config_section
 
 torch = pytest.importorskip("torch")
 
@@ -65,23 +66,16 @@ def cotracker2(*, pretrained=True, **kwargs):
 
 VELOCITY = (1.5, -0.75)  # model px / frame
 H, W, T = 48, 80, 10
-PARAMS = {
-    "backend": "cotracker",
-    "chunk_size": 4,
-    "stride": 8,
-    "window": 7,
-    "points_per_batch": 25,
-    "storage": "float32",
-    "flowchain": {
-        "fb_alpha": 0.01,
-        "fb_beta": 0.5,
-        "boundary_alpha": 0.01,
-        "boundary_beta": 0.002,
-        "fill": "hold",
-    },
-    "cotracker": {
+PARAMS = config_section(
+    "tracks",
+    backend="cotracker",
+    chunk_size=4,
+    stride=8,
+    window=7,
+    points_per_batch=25,
+    storage="float32",
+    cotracker={
         "source": "local",
-        "repo": "facebookresearch/co-tracker",
         "commit": "",
         "repo_dir": "unused",
         "entry": "cotracker2",
@@ -89,12 +83,11 @@ PARAMS = {
         "height": 24,
         "width": 32,
         "iterations": 3,
-        "visibility_threshold": 0.9,
         "device": "cpu",
         "aux_grid": 2,
         "aux_offset": 2,
     },
-}
+)
 
 
 @pytest.fixture
