@@ -73,12 +73,22 @@ def all_gaps(gaps: Sequence[int]) -> list[int]:
     return gaps
 
 
-def resize_flow(flow: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Nearest-neighbour resize of [H, W, 2] flow with u, v rescaled so that values stay in pixels (§2.2)."""
+def resize_flow(flow: np.ndarray, height: int, width: int, *, interpolation: str = "nearest") -> np.ndarray:
+    """Resize float [H, W, 2] flow to [height, width, 2] float32, u and v rescaled so that values stay in pixels.
+
+    `nearest`: nearest neighbour, as the reference reads flow files (METHOD.md §2.2). `area`: area averaging
+    when shrinking, bilinear otherwise, for the training loss flow at a reduced flow_size, where nearest
+    neighbour would alias.
+    """
+    modes = {"nearest": (cv2.INTER_NEAREST, cv2.INTER_NEAREST), "area": (cv2.INTER_AREA, cv2.INTER_LINEAR)}
+    if interpolation not in modes:
+        raise ValueError(f"resize_flow: interpolation must be one of {sorted(modes)}, not {interpolation!r}")
     h0, w0 = flow.shape[:2]
     if (h0, w0) == (height, width):
         return flow.astype(np.float32, copy=False)
-    out = cv2.resize(flow, (width, height), interpolation=cv2.INTER_NEAREST).astype(np.float32)
+    shrink, enlarge = modes[interpolation]
+    mode = shrink if height <= h0 and width <= w0 else enlarge
+    out = cv2.resize(flow, (width, height), interpolation=mode).astype(np.float32)
     out[..., 0] *= width / w0
     out[..., 1] *= height / h0
     return out
