@@ -140,3 +140,15 @@ def test_motiongrouping_flo_import_matches_the_source(sequence, tmp_path):
     imported = stores.open_flow(tmp_path / "flo.zarr")
     for gap in (1, -1, 2, -2):
         assert np.array_equal(imported[stores.flow_name(gap)][...], oracle[stores.flow_name(gap)][...])
+
+
+def test_threads_flag_limits_opencv_for_dis(sequence, tmp_path):
+    import cv2
+
+    before = cv2.getNumThreads()
+    try:
+        run(sequence, tmp_path / "dis.zarr", PARAMS, "--threads", "1")
+        assert cv2.getNumThreads() == 1  # DIS ran in OpenCV's pool held to the rule's threads
+    finally:
+        cv2.setNumThreads(before)
+    assert stores.validate(tmp_path / "dis.zarr")["gaps"] == [1, 2]
