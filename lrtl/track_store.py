@@ -19,7 +19,8 @@ Zarr chunks are (1 query frame, 16 frames, all points, ...), so training reads o
 the few frames it needs.  While a job runs it writes into the undeclared sibling `<out>.partial/`; each query
 frame's arrays are written before its `done` flag (zarr's LocalStore writes every chunk file atomically), and
 the finished store is renamed onto `<out>` in one step.  A partial store whose signature (params, format
-version, sequence, chunk, frame size) differs is discarded with a warning and the job starts fresh.
+version, sequence, chunk, frame size, and the backend's weights identity: the CoTracker checkpoint's sha256)
+differs is discarded with a warning and the job starts fresh.
 
 The per-sequence `index.json` (written by `python -m lrtl.tracks index`) lists the chunks, relative to itself.
 """
