@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from lrtl import stores
 from lrtl.flow import FlowParams, run_flow
@@ -38,59 +39,25 @@ THRESHOLDS = (1, 2, 4, 8, 16)
 REFERENCE_BYTES_PER_QUERY_FRAME = 14e6  # karazijal/lrtl fp16 .pt, 120 x 213.5 grid x 101 frames (+ aux)
 REFERENCE_POINT_FRAMES = 120 * 213.5 * 101
 
+# Config defaults (config.yaml, the one place they live) plus this benchmark's own settings.
+CONFIG = yaml.safe_load((Path(__file__).resolve().parents[1] / "config.yaml").read_text())
 SYNTHETIC = {
+    **CONFIG["synthetic"],
     "n_sequences": 8,
-    "height": 240,
-    "width": 432,
-    "n_frames": [30, 40],
-    "n_objects": [1, 3],
     "object_area": [0.04, 0.15],
     "object_speed": [1.0, 4.0],
-    "object_rotation": 1.5,
-    "object_scale": 0.01,
-    "camera_speed": 2.0,
-    "camera_zoom": 0.004,
-    "enter_leave": 0.3,
-    "gaps": [1],
     "jpeg_quality": 90,
     "seed": 1,
 }
-FLOW = {
-    "backend": "dis",
-    "gaps": [1],
-    "dis": {"preset": "medium"},
-    "raft": {"weights": "unused", "iterations": 20, "device": "cpu", "batch_size": 2},
-    "flo": {"subdir": ""},
-}
+FLOW = {**CONFIG["flow"], "backend": "dis", "gaps": [1]}
 TRACKS = {
+    **CONFIG["tracks"],
     "backend": "flowchain",
     "chunk_size": 8,
     "stride": 4,
     "window": 101,
     "points_per_batch": 50000,
     "storage": "float32",
-    "flowchain": {
-        "fb_alpha": 0.01,
-        "fb_beta": 0.5,
-        "boundary_alpha": 0.01,
-        "boundary_beta": 0.002,
-        "fill": "hold",
-    },
-    "cotracker": {
-        "source": "local",
-        "repo": "facebookresearch/co-tracker",
-        "commit": "",
-        "repo_dir": "-",
-        "entry": "cotracker2",
-        "checkpoint": "-",
-        "height": 384,
-        "width": 512,
-        "iterations": 6,
-        "visibility_threshold": 0.9,
-        "device": "auto",
-        "aux_grid": 0,
-        "aux_offset": 7,
-    },
 }
 
 

@@ -28,12 +28,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 
 from lrtl import stores
 from lrtl.cli import StageError
+from lrtl.flow import resize_flow
 from lrtl.model import resize_rgb
 from lrtl.params import Params
 
@@ -248,23 +248,6 @@ def sample_frame_tracks(
 # --------------------------------------------------------------------------- loading
 
 
-def resize_flow(flow: np.ndarray, size: Sequence[int]) -> np.ndarray:
-    """float32 [T, H, W, 2] pixels -> float32 [T, 2, h, w] pixels at the new size (area/linear resample, u
-    scaled by w / W and v by h / H)."""
-    n_frames, height, width, _ = flow.shape
-    new_h, new_w = (height, width) if not size else (int(size[0]), int(size[1]))
-    out = np.empty((n_frames, 2, new_h, new_w), np.float32)
-    shrink = new_h <= height and new_w <= width
-    interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
-    scale = np.array([new_w / width, new_h / height], np.float32)
-    for index in range(n_frames):
-        frame = flow[index]
-        if (new_h, new_w) != (height, width):
-            frame = cv2.resize(frame, (new_w, new_h), interpolation=interpolation) * scale
-        out[index] = frame.transpose(2, 0, 1)
-    return out
-
-
 def load_sequence(
     frames: str | os.PathLike,
     flow: str | os.PathLike,
@@ -310,8 +293,14 @@ def load_sequence(
 
 
 def loss_flow(flow: np.ndarray, params: DataParams) -> np.ndarray:
-    """Flow store fields float32 [T, H, W, 2] -> [T, 2, hf, wf] at the loss size, clamped to ±flow_clamp."""
-    return np.clip(resize_flow(flow, params.flow_size), -params.flow_clamp, params.flow_clamp)
+    """Flow store fields float32 [T, H, W, 2] -> [T, 2, hf, wf] at the loss size (flow_size; [] = the store's),
+    pixels rescaled to that size (area averaging when shrinking), clamped to ±flow_clamp."""
+    n_frames, height, width, _ = flow.shape
+    new_h, new_w = (int(params.flow_size[0]), int(params.flow_size[1])) if params.flow_size else (height, width)
+    out = np.empty((n_frames, 2, new_h, new_w), np.float32)  # [T, 2, hf, wf]
+    for index in range(n_frames):
+        out[index] = resize_flow(flow[index], new_h, new_w, interpolation="area").transpose(2, 0, 1)
+    return np.clip(out, -params.flow_clamp, params.flow_clamp, out=out)
 
 
 def open_tracks(index_json: str | os.PathLike):

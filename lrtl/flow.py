@@ -1,7 +1,7 @@
 """Flow stage: forward and backward optical flow of one sequence for every configured gap.
 
     python -m lrtl.flow --frames F.zarr --params '<json of config flow>' [--weights RAFT.pth]
-                        [--ground-truth GT.zarr] [--flo-root DIR] --out flow.zarr
+                        [--ground-truth GT.zarr] [--flo-root DIR] [--threads N] --out flow.zarr
 
 Writes the flow store of lrtl.stores (forward_{g} / backward_{g} float32 [T, H, W, 2], pixels at frame
 resolution); gap 1 is always computed because the flow-chaining tracker needs it.  Backends (METHOD.md §13):
@@ -73,12 +73,22 @@ def all_gaps(gaps: Sequence[int]) -> list[int]:
     return gaps
 
 
-def resize_flow(flow: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Nearest-neighbour resize of [H, W, 2] flow with u, v rescaled so that values stay in pixels (§2.2)."""
+def resize_flow(flow: np.ndarray, height: int, width: int, *, interpolation: str = "nearest") -> np.ndarray:
+    """Resize float [H, W, 2] flow to [height, width, 2] float32, u and v rescaled so that values stay in pixels.
+
+    `nearest`: nearest neighbour, as the reference reads flow files (METHOD.md §2.2). `area`: area averaging
+    when shrinking, bilinear otherwise, for the training loss flow at a reduced flow_size, where nearest
+    neighbour would alias.
+    """
+    modes = {"nearest": (cv2.INTER_NEAREST, cv2.INTER_NEAREST), "area": (cv2.INTER_AREA, cv2.INTER_LINEAR)}
+    if interpolation not in modes:
+        raise ValueError(f"resize_flow: interpolation must be one of {sorted(modes)}, not {interpolation!r}")
     h0, w0 = flow.shape[:2]
     if (h0, w0) == (height, width):
         return flow.astype(np.float32, copy=False)
-    out = cv2.resize(flow, (width, height), interpolation=cv2.INTER_NEAREST).astype(np.float32)
+    shrink, enlarge = modes[interpolation]
+    mode = shrink if height <= h0 and width <= w0 else enlarge
+    out = cv2.resize(flow, (width, height), interpolation=mode).astype(np.float32)
     out[..., 0] *= width / w0
     out[..., 1] *= height / h0
     return out
@@ -165,6 +175,21 @@ def run_flow(*, frames: str | os.PathLike, out: str | os.PathLike, params: FlowP
     log.info("wrote %s", out)
 
 
+def limit_threads(threads: int | None, backend: str) -> None:
+    """Hold the job to `threads` CPU threads (the rule's `threads:`): OpenCV's pool (dis runs its parallel
+    loops there) and, for raft, torch's intra-op threads. None or 0 leaves the libraries' choice (all cores)."""
+    if not threads:
+        return
+    if threads < 0:
+        raise StageError(f"--threads must be a positive number of threads, not {threads}")
+    cv2.setNumThreads(threads)
+    if backend == "raft":
+        import torch
+
+        torch.set_num_threads(threads)
+    log.info("CPU threads limited to %d", threads)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m lrtl.flow", description=__doc__.split("\n")[0])
     parser.add_argument("--frames", required=True, help="frames store of the sequence")
@@ -172,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights", help="RAFT state dict (backend raft)")
     parser.add_argument("--ground-truth", help="synthetic ground-truth store (backend oracle)")
     parser.add_argument("--flo-root", help="folder holding Flows_gap{±g}/ (backend flo)")
+    parser.add_argument(
+        "--threads", type=int, help="CPU threads (the rule's threads; omitted: OpenCV's and torch's choice)"
+    )
     parser.add_argument("--out", required=True, help="flow store to write")
     return parser
 
@@ -179,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     def body(args: argparse.Namespace) -> None:
         params = FlowParams.from_mapping(args.params, "flow")
+        limit_threads(args.threads, params.backend)
         run_flow(frames=args.frames, out=args.out, params=params, weights=args.weights,
                  ground_truth=args.ground_truth, flo_root=args.flo_root)
 

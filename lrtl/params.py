@@ -19,13 +19,17 @@ class Params:
     """Base for a stage's parameters: `XParams.from_mapping(config["x"])`.
 
     Every field is required (defaults live only in config.yaml); nested dataclass fields are built
-    recursively; an unknown or missing key raises a ParamsError naming it (a StageError: the run stops with
-    that one line).
+    recursively; an unknown or missing key, or a section that is not a mapping (an empty YAML section is
+    None), raises a ParamsError naming it (a StageError: the run stops with that one line).
     """
 
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any], where: str | None = None) -> Self:
         where = where or cls.__name__
+        if not isinstance(mapping, Mapping):
+            empty = " (an empty YAML section reads as null)" if mapping is None else ""
+            raise ParamsError(f"{where}: expected a mapping of keys, got {type(mapping).__name__}{empty}; give "
+                              f"the section its keys, as config.yaml does")
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(mapping) - set(fields))
         if unknown:

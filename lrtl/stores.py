@@ -100,11 +100,28 @@ def create_array(group: zarr.Group, name: str, data: np.ndarray, chunks: tuple[i
         array[...] = data
 
 
+# The rule that writes each kind of store, and the results-map folder (STYLE.md §8) that holds it.
+PRODUCERS = {"frames": "prepare_frames", "flow": "compute_flow", "tracks": "track_chunk",
+             "masks": "infer_masks (baseline_masks for run baseline)", "synthetic_gt": "make_synthetic"}
+FOLDER_KINDS = {"frames": "frames", "flow": "flow", "tracks": "tracks", "masks": "masks",
+                "GroundTruth": "synthetic_gt"}
+
+
+def missing_store(path: Path, kind: str | None = None) -> StageError:
+    """The error for a store that is not there: its path, the rule that makes it and the command to run.
+
+    Without `kind` the rule is looked up from the path's results-map folder, as a hint only."""
+    if kind is None:
+        kind = next((FOLDER_KINDS[part] for part in reversed(path.parts[:-1]) if part in FOLDER_KINDS), None)
+    maker = f"rule {PRODUCERS[kind]} makes it" if kind in PRODUCERS else "the pipeline makes it"
+    return StageError(f"{path}: no zarr store here; {maker}: run `snakemake {path}`")
+
+
 def open_store(path: str | os.PathLike, kind: str) -> zarr.Group:
     """Open a store read-only, checking that it exists, is of `kind` and of the current format."""
     path = Path(path)
     if not (path / "zarr.json").is_file():
-        raise StageError(f"{path}: no zarr store here; produce it with the pipeline (snakemake {path})")
+        raise missing_store(path, kind)
     group = zarr.open_group(str(path), mode="r")
     attrs = dict(group.attrs)
     if attrs.get("kind") != kind:
@@ -123,6 +140,8 @@ REQUIRED_ARRAYS = {"frames": ("rgb", "gt", "gt_index"), "masks": ("soft", "merge
 def validate(path: str | os.PathLike) -> dict[str, Any]:
     """Check a store's kind, format and required arrays; return its attrs."""
     path = Path(path)
+    if not (path / "zarr.json").is_file():
+        raise missing_store(path)
     group = zarr.open_group(str(path), mode="r")
     kind = group.attrs.get("kind")
     group = open_store(path, kind)

@@ -19,7 +19,8 @@ Zarr chunks are (1 query frame, 16 frames, all points, ...), so training reads o
 the few frames it needs.  While a job runs it writes into the undeclared sibling `<out>.partial/`; each query
 frame's arrays are written before its `done` flag (zarr's LocalStore writes every chunk file atomically), and
 the finished store is renamed onto `<out>` in one step.  A partial store whose signature (params, format
-version, sequence, chunk, frame size) differs is discarded with a warning and the job starts fresh.
+version, sequence, chunk, frame size, and the backend's weights identity: the CoTracker checkpoint's sha256)
+differs is discarded with a warning and the job starts fresh.
 
 The per-sequence `index.json` (written by `python -m lrtl.tracks index`) lists the chunks, relative to itself.
 """
@@ -172,6 +173,40 @@ def open_chunk(path: str | os.PathLike) -> zarr.Group:
     return group
 
 
+INDEX_KEYS = ("format_version", "sequence", "n_frames", "height", "width", "window", "chunks")
+CHUNK_KEYS = ("path", "query_frames")
+
+
+def read_index(path: Path) -> dict[str, Any]:
+    """The parsed index.json, checked for format version and the keys the reader uses; a corrupt or
+    incomplete file is a StageError naming it and the fix."""
+    fix = index_fix(path)
+    try:
+        index = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise StageError(f"{path}: tracks index is not valid JSON ({err}); {fix}") from err
+    if not isinstance(index, dict):
+        raise StageError(f"{path}: tracks index is not a JSON object; {fix}")
+    if "format_version" in index and index["format_version"] != stores.FORMAT_VERSION:
+        raise StageError(f"{path}: format_version {index['format_version']} differs from "
+                         f"{stores.FORMAT_VERSION}; delete the tracks folder and rerun snakemake")
+    missing = [key for key in INDEX_KEYS if key not in index]
+    chunks = index.get("chunks")
+    if chunks is None:
+        pass  # already listed as missing
+    elif not isinstance(chunks, list) or not all(isinstance(c, dict) for c in chunks):
+        missing.append("chunks as a list of objects")
+    else:
+        missing += sorted({f"chunks[].{key}" for c in chunks for key in CHUNK_KEYS if key not in c})
+    if missing:
+        raise StageError(f"{path}: tracks index lacks {missing}; {fix}")
+    return index
+
+
+def index_fix(path: Path) -> str:
+    return f"delete it and rerun the index rule (snakemake {path}; rule index_tracks)"
+
+
 class SequenceTracks:
     """All query frames of one sequence, read through its index.json; open chunk stores are cached."""
 
@@ -179,18 +214,19 @@ class SequenceTracks:
         self.index_path = Path(index_json)
         if not self.index_path.is_file():
             raise StageError(f"{index_json}: no tracks index; produce it with snakemake {index_json}")
-        self.index = json.loads(self.index_path.read_text())
-        if self.index.get("format_version") != stores.FORMAT_VERSION:
-            raise StageError(f"{index_json}: format_version {self.index.get('format_version')} differs from "
-                             f"{stores.FORMAT_VERSION}; delete the tracks folder and rerun snakemake")
-        self.n_frames = int(self.index["n_frames"])
-        self.height = int(self.index["height"])
-        self.width = int(self.index["width"])
-        self.window = int(self.index["window"])
+        self.index = read_index(self.index_path)
         self._where: dict[int, tuple[int, int]] = {}
-        for c, chunk in enumerate(self.index["chunks"]):
-            for i, q in enumerate(chunk["query_frames"]):
-                self._where[int(q)] = (c, i)
+        try:
+            self.n_frames = int(self.index["n_frames"])
+            self.height = int(self.index["height"])
+            self.width = int(self.index["width"])
+            self.window = int(self.index["window"])
+            for c, chunk in enumerate(self.index["chunks"]):
+                for i, q in enumerate(chunk["query_frames"]):
+                    self._where[int(q)] = (c, i)
+        except (TypeError, ValueError) as err:
+            raise StageError(f"{index_json}: tracks index holds a non-integer frame count, size or query frame "
+                             f"({err}); {index_fix(self.index_path)}") from err
         self._open: dict[int, dict[str, Any]] = {}
 
     @cached_property

@@ -155,8 +155,12 @@ def run_chunk(*, frames: str | os.PathLike, chunk: int, params: TracksParams, da
         query_xy[i, : len(grid)] = grid
     n_points = np.array([len(g) for g in grids], np.int32)
 
+    backend_class = track_backend(params.backend)
+    # A backend whose weights the params name only by path (cotracker) adds their identity to the signature.
+    identity = getattr(backend_class, "resume_identity", None)
     signature = {"params": params.to_dict(), "format_version": stores.FORMAT_VERSION, "dataset": dataset,
-                 "sequence": sequence, "chunk": chunk, "n_frames": n_frames, "height": height, "width": width}
+                 "sequence": sequence, "chunk": chunk, "n_frames": n_frames, "height": height, "width": width,
+                 **(identity(params=params, checkpoint=_path(checkpoint)) if identity else {})}
     attrs = {"dataset": dataset, "sequence": sequence, "chunk": chunk, "backend": params.backend,
              "params": params.to_dict(), "n_frames": n_frames, "height": height, "width": width,
              "stride": params.stride, "query_frames": queries.tolist(), "lrtl_version": __version__}
@@ -172,7 +176,7 @@ def run_chunk(*, frames: str | os.PathLike, chunk: int, params: TracksParams, da
                              frame_range=(int(starts[todo].min()), int(starts[todo].max()) + window),
                              flow=_path(flow), ground_truth=_path(ground_truth), hub_repo=_path(hub_repo),
                              checkpoint=_path(checkpoint))
-        backend = track_backend(params.backend)(inputs=inputs, params=params)
+        backend = backend_class(inputs=inputs, params=params)
         provenance = backend.provenance()
         for i in tqdm(todo, desc=f"tracks {sequence} chunk {chunk}", disable=not progress_enabled()):
             q = int(queries[i])

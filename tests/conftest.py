@@ -1,8 +1,14 @@
-"""Shared fixtures: a tiny synthetic dataset (2 sequences x 12 frames x 64x96) with frames stores.
+"""Shared fixtures and the one source of test parameters.
 
-`tiny_dataset` (session scope) returns
+`config_section(name, **overrides)` returns a section of the repository's config.yaml (dotted names reach
+nested sections, e.g. "train.defaults.data") with `overrides` merged in recursively: a dict override updates
+a dict value key by key, anything else replaces it, and a key the section lacks is an error (so a test cannot
+silently pass a stale key). Tests thus run on the config defaults plus the values they state.
+
+`tiny_dataset` (session scope) returns a tiny synthetic dataset (2 sequences x 12 frames x 64x96) with frames
+stores:
     {"root": Path, "layout": "synthetic", "resolution": "64p", "dataset": "tiny",
-     "synthetic_params": dict (config section synthetic), "frames_params": {"height": 64, "width": 96},
+     "synthetic_params": dict (config section synthetic), "frames_params": dict (config section frames),
      "sequences": {name: {"images": Path (JPEG folder), "annotations": Path (PNG folder),
                           "ground_truth": Path (synthetic_gt store; lrtl.synthetic.load_scene(it)),
                           "frames": Path (frames store written by lrtl.frames)}}}
@@ -11,26 +17,59 @@ Sequence names are "synth-000" and "synth-001". Treat everything as read-only.
 
 from __future__ import annotations
 
-import pytest
+import copy
+from functools import cache
+from pathlib import Path
+from typing import Any
 
-TINY_SYNTHETIC = {
-    "n_sequences": 2,
-    "height": 64,
-    "width": 96,
-    "n_frames": [12, 12],
-    "n_objects": [1, 2],
-    "object_area": [0.08, 0.2],
-    "object_speed": [1.0, 2.0],
-    "object_rotation": 1.0,
-    "object_scale": 0.01,
-    "camera_speed": 1.0,
-    "camera_zoom": 0.003,
-    "enter_leave": 0.3,
-    "gaps": [1],
-    "jpeg_quality": 95,
-    "seed": 0,
-}
-TINY_FRAMES = {"height": 64, "width": 96}
+import pytest
+import yaml
+
+CONFIG = Path(__file__).resolve().parents[1] / "config.yaml"
+
+
+@cache
+def _config() -> dict[str, Any]:
+    return yaml.safe_load(CONFIG.read_text())
+
+
+def _merge(base: dict[str, Any], overrides: dict[str, Any], where: str) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if key not in merged:
+            raise KeyError(f"{CONFIG} has no key {where}.{key}; fix the test's override or add the key there")
+        if isinstance(value, dict) and isinstance(merged[key], dict):
+            merged[key] = _merge(merged[key], value, f"{where}.{key}")
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def config_section(name: str, **overrides: Any) -> dict[str, Any]:
+    """A fresh copy of config.yaml's section `name` (dotted for nested sections) with `overrides` merged in."""
+    section: Any = _config()
+    for part in name.split("."):
+        if not isinstance(section, dict) or part not in section:
+            raise KeyError(f"{CONFIG} has no section {name}")
+        section = section[part]
+    return _merge(section, overrides, name)
+
+
+TINY_SYNTHETIC = config_section(
+    "synthetic",
+    n_sequences=2,
+    height=64,
+    width=96,
+    n_frames=[12, 12],
+    n_objects=[1, 2],
+    object_area=[0.08, 0.2],
+    object_speed=[1.0, 2.0],
+    object_rotation=1.0,
+    camera_speed=1.0,
+    camera_zoom=0.003,
+    seed=0,
+)
+TINY_FRAMES = config_section("frames", height=64, width=96)
 
 
 @pytest.fixture(scope="session")
@@ -57,5 +96,5 @@ def tiny_dataset(tmp_path_factory):
                    dataset="tiny", sequence=name, out=paths["frames"], params=frames_params)
         sequences[name] = paths
     return {"root": root, "layout": "synthetic", "resolution": resolution, "dataset": "tiny",
-            "synthetic_params": dict(TINY_SYNTHETIC), "frames_params": dict(TINY_FRAMES),
+            "synthetic_params": copy.deepcopy(TINY_SYNTHETIC), "frames_params": dict(TINY_FRAMES),
             "sequences": sequences}

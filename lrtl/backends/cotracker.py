@@ -46,13 +46,19 @@ def clone_commit(repo_dir: Path) -> str | None:
     return result.stdout.strip() or None
 
 
+def checkpoint_path(p: Any, checkpoint: Path | None) -> Path:
+    """The checkpoint file (--checkpoint, else tracks.cotracker.checkpoint); a StageError when it is missing."""
+    path = Path(checkpoint or p.checkpoint)
+    if not path.is_file():
+        raise StageError(f"CoTracker checkpoint {path} not found; {FIX}")
+    return path
+
+
 def load_predictor(p: Any, hub_repo: Path | None, checkpoint: Path | None) -> tuple[Any, dict[str, Any]]:
     """(predictor from torch.hub with the checkpoint's weights, provenance attrs)."""
     import torch
 
-    checkpoint = Path(checkpoint or p.checkpoint)
-    if not checkpoint.is_file():
-        raise StageError(f"CoTracker checkpoint {checkpoint} not found; {FIX}")
+    checkpoint = checkpoint_path(p, checkpoint)
     provenance: dict[str, Any] = {"cotracker_entry": p.entry, "cotracker_source": p.source}
     if p.source == "local":
         repo_dir = Path(hub_repo or p.repo_dir)
@@ -90,6 +96,12 @@ class CoTrackerTracker:
     """CoTracker on the frames [lo, hi) of the job, resized once to the model resolution."""
 
     name = "cotracker"
+
+    @staticmethod
+    def resume_identity(*, params: Any, checkpoint: Path | None) -> dict[str, Any]:
+        """What a partial chunk store must share beyond the params to be resumed: the params name the
+        checkpoint only by its path, so a different file there must start the chunk afresh."""
+        return {"checkpoint_sha256": sha256(checkpoint_path(params.cotracker, checkpoint))}
 
     def __init__(self, *, inputs: Any, params: Any) -> None:
         import torch

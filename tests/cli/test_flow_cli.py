@@ -9,14 +9,14 @@ import pytest
 
 from lrtl import flow, stores
 from lrtl.synthetic import load_scene
+from tests.conftest import config_section
 
-PARAMS = {
-    "backend": "dis",
-    "gaps": [2],
-    "dis": {"preset": "medium"},
-    "raft": {"weights": "unused.pth", "iterations": 1, "device": "cpu", "batch_size": 2},
-    "flo": {"subdir": ""},
-}
+PARAMS = config_section(
+    "flow",
+    backend="dis",
+    gaps=[2],
+    raft={"weights": "unused.pth", "iterations": 1, "device": "cpu", "batch_size": 2},
+)
 
 
 @pytest.fixture(scope="module")
@@ -96,12 +96,24 @@ def test_flo_round_trip_and_format(tmp_path):
         flow.read_flo(tmp_path / "bad.flo")
 
 
-def test_resize_flow_keeps_pixel_units():
+@pytest.mark.parametrize("interpolation", ["nearest", "area"])
+def test_resize_flow_keeps_pixel_units(interpolation):
     field = np.ones((10, 20, 2), np.float32)
-    resized = flow.resize_flow(field, 5, 40)
+    resized = flow.resize_flow(field, 5, 40, interpolation=interpolation)
     assert (
         resized.shape == (5, 40, 2) and np.allclose(resized[..., 0], 2) and np.allclose(resized[..., 1], 0.5)
     )
+
+
+def test_resize_flow_area_averages_when_shrinking():
+    field = np.zeros((4, 4, 2), np.float32)
+    field[::2, ::2] = 8.0  # one pixel in every 2x2 block moves
+    nearest = flow.resize_flow(field, 2, 2)
+    area = flow.resize_flow(field, 2, 2, interpolation="area")
+    assert np.allclose(nearest, 4.0)  # nearest picks that pixel: 8 px at half size
+    assert np.allclose(area, 1.0)  # area averages the block: 2 px, at half size 1 px
+    with pytest.raises(ValueError, match="interpolation"):
+        flow.resize_flow(field, 2, 2, interpolation="cubic")
 
 
 def test_motiongrouping_flo_import_matches_the_source(sequence, tmp_path):
@@ -128,3 +140,15 @@ def test_motiongrouping_flo_import_matches_the_source(sequence, tmp_path):
     imported = stores.open_flow(tmp_path / "flo.zarr")
     for gap in (1, -1, 2, -2):
         assert np.array_equal(imported[stores.flow_name(gap)][...], oracle[stores.flow_name(gap)][...])
+
+
+def test_threads_flag_limits_opencv_for_dis(sequence, tmp_path):
+    import cv2
+
+    before = cv2.getNumThreads()
+    try:
+        run(sequence, tmp_path / "dis.zarr", PARAMS, "--threads", "1")
+        assert cv2.getNumThreads() == 1  # DIS ran in OpenCV's pool held to the rule's threads
+    finally:
+        cv2.setNumThreads(before)
+    assert stores.validate(tmp_path / "dis.zarr")["gaps"] == [1, 2]

@@ -10,6 +10,9 @@ import pytest
 
 from lrtl import frames, stores
 from lrtl.cli import StageError
+from tests.conftest import TINY_FRAMES, config_section
+
+HALF = config_section("frames", height=32, width=48)  # half the tiny frames
 
 
 def _run(*args: str) -> None:
@@ -20,7 +23,7 @@ def test_image_folder_resized_with_gt(tiny_dataset, tmp_path):
     seq = tiny_dataset["sequences"]["synth-000"]
     out = tmp_path / "f.zarr"
     _run("--layout", "synthetic", "--images", str(seq["images"]), "--annotations", str(seq["annotations"]),
-         "--dataset", "tiny", "--sequence", "synth-000", "--params", json.dumps({"height": 32, "width": 48}),
+         "--dataset", "tiny", "--sequence", "synth-000", "--params", json.dumps(HALF),
          "--out", str(out))
     attrs = stores.validate(out)
     assert attrs["frame_names"][:2] == ["00000", "00001"] and attrs["n_frames"] == 12
@@ -46,7 +49,7 @@ def test_video_file(tmp_path):
     writer.release()
     out = tmp_path / "v.zarr"
     _run("--layout", "folder", "--images", str(video), "--dataset", "d", "--sequence", "clip",
-         "--params", json.dumps({"height": 32, "width": 48}), "--out", str(out))
+         "--params", json.dumps(HALF), "--out", str(out))
     attrs = stores.validate(out)
     rgb = stores.read_rgb(out)
     gt, gt_index = stores.read_ground_truth(out)
@@ -69,7 +72,7 @@ def test_truncated_jpeg_fails_naming_file_and_writes_nothing(tiny_dataset, tmp_p
     with pytest.raises(SystemExit) as exc:
         _run("--layout", "synthetic", "--images", str(images), "--annotations", str(seq["annotations"]),
              "--dataset", "tiny", "--sequence", "synth-001",
-             "--params", json.dumps({"height": 64, "width": 96}), "--out", str(out))
+             "--params", json.dumps(TINY_FRAMES), "--out", str(out))
     assert exc.value.code == 1
     assert "00005.jpg is corrupt or truncated" in capsys.readouterr().err
     assert not out.exists()

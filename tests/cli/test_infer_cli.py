@@ -10,6 +10,7 @@ from PIL import Image
 from lrtl import stores
 from lrtl.baseline import main as baseline_main
 from lrtl.infer import main as infer_main
+from tests.conftest import config_section
 
 T, H, W = 6, 40, 56
 
@@ -24,15 +25,14 @@ TINY_MODEL = {
     "dropout": 0.0,
     "mask_stride": 2,
 }
-PICTURES = {"thumb_width": 40, "sheet_columns": 3, "sheet_max_frames": 4, "gif_fps": 5.0, "alpha": 0.5}
-INFER = {
-    "device": "cpu",
-    "batch_size": 4,
-    "merge_features": "decoder",
-    "dino_weights": None,
-    "dino_patch_stride": 4,
-    "pictures": PICTURES,
-}
+INFER = config_section(
+    "infer",
+    device="cpu",
+    batch_size=4,
+    merge_features="decoder",
+    dino_weights=None,
+    pictures={"thumb_width": 40, "sheet_columns": 3, "sheet_max_frames": 4, "gif_fps": 5.0},
+)
 
 
 def square_masks(n_frames=T, height=H, width=W, speed=3):
@@ -150,7 +150,7 @@ def test_baseline_finds_the_moving_square_under_camera_motion(sequence):
     stores.write_flow(flow, flows, backend="test")
     for model in ("median", "affine"):
         out = sequence["root"] / f"baseline-{model}.zarr"
-        params = {"camera_model": model, "threshold_px": 1.0, "fit_iterations": 2}
+        params = config_section("baseline", camera_model=model, threshold_px=1.0)
         baseline_main(
             ["--flow", str(flow), "--frames", str(sequence["frames"]), "--params", json.dumps(params),
              "--out", str(out)]

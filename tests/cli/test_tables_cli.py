@@ -7,6 +7,7 @@ import pytest
 
 from lrtl.evaluate import COLUMNS
 from lrtl.tables import main as tables_main
+from tests.conftest import config_section
 
 DATASET_RULES = {
     "seqwise": {"label": "SEQ", "aggregate": "per_sequence", "frame_rule": "reference", "boundary": True,
@@ -14,10 +15,9 @@ DATASET_RULES = {
     "framewise": {"label": "FRM", "aggregate": "per_frame", "frame_rule": "annotated", "boundary": False,
                   "quoted_as": "fbms59"},
 }  # fmt: skip
-PARAMS = {
+PARAMS = {  # as workflow/rules/common.smk tables_params_json builds it: per-dataset rules + the tables section
     "datasets": DATASET_RULES,
-    "ablations": {"loss": {"title": "Loss terms", "runs": ["full", "flow_only"]}},
-    "quoted": True,
+    **config_section("tables", quoted=True, ablations={"loss": {"title": "Loss terms", "runs": ["full", "flow_only"]}}),
 }
 
 

@@ -20,6 +20,7 @@ from lrtl import stores, tracks
 from lrtl.backends.cotracker import CoTrackerTracker
 from lrtl.track_store import decode_tracks, open_chunk
 from lrtl.tracks import TrackInputs, TracksParams, query_grid, window_bounds
+from tests.conftest import config_section
 
 torch = pytest.importorskip("torch")
 
@@ -65,23 +66,16 @@ def cotracker2(*, pretrained=True, **kwargs):
 
 VELOCITY = (1.5, -0.75)  # model px / frame
 H, W, T = 48, 80, 10
-PARAMS = {
-    "backend": "cotracker",
-    "chunk_size": 4,
-    "stride": 8,
-    "window": 7,
-    "points_per_batch": 25,
-    "storage": "float32",
-    "flowchain": {
-        "fb_alpha": 0.01,
-        "fb_beta": 0.5,
-        "boundary_alpha": 0.01,
-        "boundary_beta": 0.002,
-        "fill": "hold",
-    },
-    "cotracker": {
+PARAMS = config_section(
+    "tracks",
+    backend="cotracker",
+    chunk_size=4,
+    stride=8,
+    window=7,
+    points_per_batch=25,
+    storage="float32",
+    cotracker={
         "source": "local",
-        "repo": "facebookresearch/co-tracker",
         "commit": "",
         "repo_dir": "unused",
         "entry": "cotracker2",
@@ -89,12 +83,11 @@ PARAMS = {
         "height": 24,
         "width": 32,
         "iterations": 3,
-        "visibility_threshold": 0.9,
         "device": "cpu",
         "aux_grid": 2,
         "aux_offset": 2,
     },
-}
+)
 
 
 @pytest.fixture
@@ -193,3 +186,52 @@ def test_cotracker_chunk_cli_and_missing_weights(hub, tmp_path, capsys):
             tracks.main(bad)
         err = capsys.readouterr().err
         assert f"{missing} " in err and "download_weights" in err
+
+
+class Killed(BaseException):
+    """Stands in for SIGKILL: nothing in lrtl catches it."""
+
+
+def test_resume_only_with_the_same_checkpoint(hub, tmp_path, monkeypatch, capsys):
+    calls, kill = [], {"after": None}
+    original = CoTrackerTracker.track
+
+    def counting(self, query_frame, *args):
+        if len(calls) == kill["after"]:
+            raise Killed
+        calls.append(query_frame)
+        return original(self, query_frame, *args)
+
+    monkeypatch.setattr(CoTrackerTracker, "track", counting)
+
+    def chunk(out, checkpoint):
+        tracks.main(["chunk", "--frames", str(hub["frames"]), "--hub-repo", str(hub["repo"]),
+                     "--checkpoint", str(checkpoint), "--chunk", "1", "--params", json.dumps(PARAMS),
+                     "--dataset", "d", "--sequence", "s", "--out", str(out)])  # fmt: skip
+
+    out = tmp_path / "chunk-001.zarr"
+    kill["after"] = 2
+    with pytest.raises(Killed):
+        chunk(out, hub["checkpoint"])
+    kill["after"] = None
+    chunk(out, hub["checkpoint"])  # same checkpoint: resumes
+    assert calls == [4, 5, 6, 7]
+    assert "resuming" in capsys.readouterr().err
+
+    calls.clear()
+    out.rename(tmp_path / "first.zarr")
+    kill["after"] = 2
+    with pytest.raises(Killed):
+        chunk(out, hub["checkpoint"])
+    torch.save({"velocity": -torch.tensor(VELOCITY)}, hub["checkpoint"])  # new weights, same file name
+    kill["after"] = None
+    chunk(out, hub["checkpoint"])
+    assert calls == [4, 5, 4, 5, 6, 7]  # every query frame tracked again with the new weights
+    assert "different ['checkpoint_sha256']" in capsys.readouterr().err
+    fresh = tmp_path / "fresh.zarr"
+    chunk(fresh, hub["checkpoint"])
+    a, b = open_chunk(out), open_chunk(fresh)
+    assert a.attrs["checkpoint_sha256"] == b.attrs["checkpoint_sha256"] != open_chunk(
+        tmp_path / "first.zarr").attrs["checkpoint_sha256"]
+    for name in ("tracks", "vis"):
+        assert np.array_equal(a[name][...], b[name][...]), name

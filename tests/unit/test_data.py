@@ -11,58 +11,13 @@ import torch
 
 from lrtl import data
 from lrtl.data import DataParams, TrainItems, flip_item, load_sequence, sample_frame_tracks
+from tests.conftest import config_section
 
-FLOW = {
-    "backend": "oracle",
-    "gaps": [1, 2],
-    "dis": {"preset": "medium"},
-    "raft": {"weights": "none.pth", "iterations": 20, "device": "cpu", "batch_size": 2},
-    "flo": {"subdir": ""},
-}
-TRACKS = {
-    "backend": "oracle",
-    "chunk_size": 6,
-    "stride": 6,
-    "window": 9,
-    "points_per_batch": 100000,
-    "storage": "float32",
-    "flowchain": {
-        "fb_alpha": 0.01,
-        "fb_beta": 0.5,
-        "boundary_alpha": 0.01,
-        "boundary_beta": 0.002,
-        "fill": "hold",
-    },
-    "cotracker": {
-        "source": "local",
-        "repo": "facebookresearch/co-tracker",
-        "commit": "",
-        "repo_dir": "x",
-        "entry": "cotracker2",
-        "checkpoint": "x.pth",
-        "height": 24,
-        "width": 32,
-        "iterations": 1,
-        "visibility_threshold": 0.9,
-        "device": "cpu",
-        "aux_grid": 0,
-        "aux_offset": 7,
-    },
-}
-DATA = {
-    "gaps": [1, 2],
-    "pair_offset": 3,
-    "n_tracks": 96,
-    "context": 9,
-    "smooth": 3,
-    "min_visibility": 0.1,
-    "flow_size": [32, 48],
-    "preload_flow": True,
-    "flow_clamp": 20.0,
-    "flip": 0.5,
-    "workers": 0,
-    "cache_queries": 64,
-}
+FLOW = config_section("flow", backend="oracle", gaps=[1, 2])
+TRACKS = config_section("tracks", backend="oracle", chunk_size=6, stride=6, window=9, points_per_batch=100000,
+                        storage="float32")
+DATA = config_section("train.defaults.data", gaps=[1, 2], pair_offset=3, n_tracks=96, context=9, smooth=3,
+                      flow_size=[32, 48], workers=0, cache_queries=64)
 INPUT_SIZE = (32, 48)
 
 

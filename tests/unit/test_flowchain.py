@@ -9,44 +9,11 @@ from lrtl.backends.flowchain import FlowChainTracker, bilinear
 from lrtl.flow import FlowParams, run_flow
 from lrtl.synthetic import load_scene
 from lrtl.tracks import TrackInputs, TracksParams, query_grid, window_bounds
+from tests.conftest import config_section
 
-FLOW = {
-    "backend": "oracle",
-    "gaps": [1],
-    "dis": {"preset": "medium"},
-    "raft": {"weights": "none.pth", "iterations": 20, "device": "cpu", "batch_size": 2},
-    "flo": {"subdir": ""},
-}
-TRACKS = {
-    "backend": "flowchain",
-    "chunk_size": 4,
-    "stride": 2,
-    "window": 12,
-    "points_per_batch": 1000,
-    "storage": "float32",
-    "flowchain": {
-        "fb_alpha": 0.01,
-        "fb_beta": 0.5,
-        "boundary_alpha": 0.01,
-        "boundary_beta": 0.002,
-        "fill": "hold",
-    },
-    "cotracker": {
-        "source": "local",
-        "repo": "facebookresearch/co-tracker",
-        "commit": "",
-        "repo_dir": "x",
-        "entry": "cotracker2",
-        "checkpoint": "x.pth",
-        "height": 24,
-        "width": 32,
-        "iterations": 1,
-        "visibility_threshold": 0.9,
-        "device": "cpu",
-        "aux_grid": 0,
-        "aux_offset": 7,
-    },
-}
+FLOW = config_section("flow", backend="oracle", gaps=[1])
+TRACKS = config_section("tracks", backend="flowchain", chunk_size=4, stride=2, window=12, points_per_batch=1000,
+                        storage="float32")
 
 
 def test_bilinear_is_exact_on_an_affine_field():

@@ -8,12 +8,12 @@ import pytest
 
 from lrtl.cli import StageError
 from lrtl.synthetic import Scene, SyntheticParams, generate_scene, sequence_plan
+from tests.conftest import config_section
 
-PARAMS = {
-    "n_sequences": 4, "height": 96, "width": 160, "n_frames": [10, 14], "n_objects": [2, 3],
-    "object_area": [0.06, 0.18], "object_speed": [1.5, 3.0], "object_rotation": 2.0, "object_scale": 0.01,
-    "camera_speed": 1.5, "camera_zoom": 0.004, "enter_leave": 0.3, "gaps": [1], "jpeg_quality": 95, "seed": 7,
-}
+PARAMS = config_section(
+    "synthetic", n_sequences=4, height=96, width=160, n_frames=[10, 14], n_objects=[2, 3],
+    object_area=[0.06, 0.18], object_speed=[1.5, 3.0], object_rotation=2.0, camera_speed=1.5, seed=7,
+)
 
 
 @pytest.fixture(scope="module")

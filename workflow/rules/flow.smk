@@ -23,6 +23,7 @@ rule compute_flow:
         python -m lrtl.flow \
             {params.inputs} \
             --params {params.flow:q} \
+            --threads {threads} \
             --out {output:q} \
             >{log:q} 2>&1
         """
