@@ -11,7 +11,6 @@ Both return a list of feature maps ordered shallow -> deep, each [B, C_i, h_i, w
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lrtl.cli import StageError
+from lrtl.runtime import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +70,6 @@ class SmallEncoder(nn.Module):
             x = stage(x)
             feats.append(x)
         return feats
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _dino_state_dict(raw: Any, path: Path) -> dict[str, torch.Tensor]:

@@ -40,6 +40,7 @@ from tqdm import tqdm
 from lrtl.cli import StageError, json_params, progress_enabled, run_stage
 from lrtl.params import Params
 from lrtl.pictures import PicturesParams, write_sequence_pictures
+from lrtl.runtime import resolve_device
 from lrtl.stores import open_store, read_rgb, write_masks
 
 log = logging.getLogger(__name__)
@@ -58,16 +59,6 @@ class InferParams(Params):
     dino_weights: str | None  # local DINO ViT-S/8 weights file (dino_vits8 only); null = random (tests only)
     dino_patch_stride: int  # patch-embedding stride of the merge ViT, pixels (paper 4)
     pictures: PicturesParams
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise StageError("infer.device is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
-    if name not in ("cpu", "cuda"):
-        raise StageError(f"infer.device must be auto, cpu or cuda, not {name!r}")
-    return torch.device(name)
 
 
 # --------------------------------------------------------------------------- merge (pure functions)
@@ -201,7 +192,7 @@ def build_predictor(model_path: str | Path, params: InferParams) -> tuple[Predic
     """Load a checkpoint and, for dino_vits8, the merge ViT -> (predictor, model cfg)."""
     from lrtl.model import load_checkpoint
 
-    device = resolve_device(params.device)
+    device = resolve_device(params.device, "infer.device")
     model, cfg = load_checkpoint(model_path, device)
     if params.merge_features not in MERGE_FEATURES:
         raise StageError(

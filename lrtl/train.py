@@ -42,6 +42,7 @@ from lrtl.metrics import best_of_two
 from lrtl.model import CHECKPOINT_FORMAT, build_model, normalize_images
 from lrtl.params import Params
 from lrtl.pictures import upsample
+from lrtl.runtime import resolve_device
 from lrtl.stores import atomic_path, open_store, read_ground_truth, write_text
 
 log = logging.getLogger(__name__)
@@ -123,8 +124,6 @@ def parse_params(mapping: dict[str, Any]) -> TrainParams:
         raise StageError(f"--params: {err}") from err
     if params.compat not in ("fixed", "reference"):
         raise StageError(f"train.compat must be fixed or reference, got {params.compat!r}")
-    if params.device not in ("auto", "cpu", "cuda"):
-        raise StageError(f"train.device must be auto, cpu or cuda, got {params.device!r}")
     if params.loss.route not in ("gram", "qr"):
         raise StageError(f"train.loss.route must be gram or qr, got {params.loss.route!r}")
     return params
@@ -152,14 +151,6 @@ def temporal_ramp(step: int, iterations: int, reference: bool) -> float:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise StageError("train.device is cuda but no CUDA device is available; use auto or cpu")
-    return torch.device(name)
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -396,7 +387,7 @@ def run_train(
         )
     state_dir, out, metrics, curve = Path(state_dir), Path(out), Path(metrics), Path(curve)
     state_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(params.device)
+    device = resolve_device(params.device, "train.device")
     reference = params.compat == "reference"
     grad_clip = REFERENCE_GRAD_CLIP if reference else params.optim.grad_clip
 

@@ -74,16 +74,3 @@ def flow_backend(name: str) -> Any:
 def track_backend(name: str) -> Any:
     """The class registered for `tracks.backend` = name."""
     return _resolve(TRACK_BACKENDS, name, "tracks")
-
-
-def resolve_device(device: str) -> str:
-    """`auto` -> cuda when available, else cpu; `cpu` / `cuda` as given (cuda without a GPU is an error)."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise StageError("device: cuda requested but no CUDA device is visible; set device: auto or cpu")
-    if device not in ("cpu", "cuda"):
-        raise StageError(f"device must be auto, cpu or cuda, not {device!r}")
-    return device

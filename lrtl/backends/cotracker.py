@@ -25,9 +25,8 @@ from typing import Any
 import numpy as np
 
 from lrtl import stores
-from lrtl.backends import resolve_device
-from lrtl.backends.raft import sha256
 from lrtl.cli import StageError
+from lrtl.runtime import file_sha256, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +87,7 @@ def load_predictor(p: Any, hub_repo: Path | None, checkpoint: Path | None) -> tu
     except RuntimeError as err:
         raise StageError(f"{checkpoint}: does not fit the {p.entry} model ({str(err)[:300]}); check "
                          f"tracks.cotracker.entry and checkpoint") from err
-    provenance["checkpoint_sha256"] = sha256(checkpoint)
+    provenance["checkpoint_sha256"] = file_sha256(checkpoint)
     return model, provenance
 
 
@@ -101,7 +100,7 @@ class CoTrackerTracker:
     def resume_identity(*, params: Any, checkpoint: Path | None) -> dict[str, Any]:
         """What a partial chunk store must share beyond the params to be resumed: the params name the
         checkpoint only by its path, so a different file there must start the chunk afresh."""
-        return {"checkpoint_sha256": sha256(checkpoint_path(params.cotracker, checkpoint))}
+        return {"checkpoint_sha256": file_sha256(checkpoint_path(params.cotracker, checkpoint))}
 
     def __init__(self, *, inputs: Any, params: Any) -> None:
         import torch
@@ -110,10 +109,10 @@ class CoTrackerTracker:
         p = params.cotracker
         self.p = p
         self.points_per_batch = max(1, int(params.points_per_batch))
-        self.device = resolve_device(p.device)
+        self.device = resolve_device(p.device, "tracks.cotracker.device")
         self.model, self.provenance_attrs = load_predictor(p, inputs.hub_repo, inputs.checkpoint)
         self.model.to(self.device).eval()
-        self.provenance_attrs["device"] = self.device
+        self.provenance_attrs["device"] = str(self.device)
         self.height, self.width = inputs.height, inputs.width
         self.lo, hi = inputs.frame_range
         rgb = stores.open_store(inputs.frames, "frames")["rgb"][self.lo:hi]  # [T_l, H, W, 3] uint8

@@ -7,7 +7,6 @@ downloaded: the weights file is a declared rule input filled by the `download_we
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,18 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from lrtl.backends import resolve_device
 from lrtl.cli import StageError
+from lrtl.runtime import file_sha256, resolve_device
 
 MIN_SIZE = 128
-
-
-def sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_raft(weights: str | os.PathLike | None, device: str):
@@ -55,7 +46,7 @@ class RaftFlow:
                  **_: Any) -> None:
         import torch
 
-        self.device = resolve_device(params.raft.device)
+        self.device = resolve_device(params.raft.device, "flow.raft.device")
         self.iterations = params.raft.iterations
         self.weights = weights
         self.model = load_raft(weights, self.device)
@@ -85,4 +76,4 @@ class RaftFlow:
             return flow.permute(0, 2, 3, 1).float().cpu().numpy()  # [P, H, W, 2]
 
     def provenance(self) -> dict[str, Any]:
-        return {"weights_sha256": sha256(self.weights), "device": self.device}
+        return {"weights_sha256": file_sha256(self.weights), "device": str(self.device)}
