@@ -145,3 +145,34 @@ def test_empty_sheet_counts_without_the_data_name_the_sheet_and_the_fix(workdir:
     assert proc.returncode != 0
     assert "segtrackv2.tsv: no frame count for 14 sequences" in text
     assert "python -m lrtl.datasets index --layout segtrackv2 --root data/SegTrackv2" in text
+
+
+def _tables_outputs(stdout: str) -> list[str]:
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("rule make_tables"))
+    output = next(line for line in lines[start:] if line.strip().startswith("output:"))
+    return [p.strip() for p in output.split(":", 1)[1].split(",")]
+
+
+def test_named_target_sets_and_sequence_subsets_write_their_own_table_folders(workdir: Path) -> None:
+    """The default run keeps results/tables/; named target sets and only_sequences runs write beside it."""
+    default = _tables_outputs(snakemake(workdir, "-n", "--configfile", str(TEST_CONFIG)).stdout)
+    assert "results/tables/table1.md" in default
+    assert {f"results/tables/ablation-loss.{ext}" for ext in ("md", "csv", "tex")} <= set(default)
+    overlay = workdir / "other.yaml"
+    base = yaml.safe_load((REPO / "config.yaml").read_text())["datasets"]["synthetic"]
+    other = {**base, "root": "results/other/raw", "evaluate": {**base["evaluate"], "label": "Other"}}
+    overlay.write_text(yaml.safe_dump({"targets": {"name": "other", "datasets": ["other"]},
+                                       "datasets": {"other": other}}))
+    others = _tables_outputs(snakemake(workdir, "-n", "--configfile", str(TEST_CONFIG), str(overlay)).stdout)
+    assert "results/tables/other/table1.md" in others
+    only = _tables_outputs(snakemake(workdir, "-n", "--configfile", str(TEST_CONFIG), "--config",
+                                     "only_sequences=[synth-000]").stdout)
+    assert "results/tables/only-synth-000/table1.md" in only
+    assert not set(default) & set(others) and not set(default) & set(only)
+
+
+@pytest.mark.parametrize("overlay", ["config.paper.yaml", "workflow/overlays/davis2016-sample.yaml",
+                                     "workflow/overlays/fbms59-sample.yaml"])
+def test_shipped_overlays_name_their_tables_folder(overlay: str) -> None:
+    assert yaml.safe_load((REPO / overlay).read_text())["targets"]["name"]

@@ -1,5 +1,6 @@
 # Config validation, sequence sheets, wildcard constraints, and every function the rules call.
 import copy
+import hashlib
 import json
 import math
 import shlex
@@ -359,8 +360,41 @@ def all_metrics(wildcards=None):
     ]
 
 
+def tables_dir():
+    """Where make_tables writes: results/tables/ for the default run, results/tables/<targets.name>/ otherwise.
+
+    A run restricted by only_sequences writes beside them, under a folder that says so (a short hash beyond 3
+    sequences), e.g. results/tables/only-synth-000. lrtl.tables refuses to overwrite tables of other datasets.
+    """
+    parts = [config["targets"]["name"]] if config["targets"]["name"] else []
+    only = sorted(config["only_sequences"])
+    if only and len(only) <= 3:
+        parts.append("only-" + "+".join(only))
+    elif only:
+        digest = hashlib.sha1("\n".join(only).encode()).hexdigest()[:8]
+        parts.append(f"only-{len(only)}-{digest}")
+    return os.path.join("results", "tables", *(["--".join(parts)] if parts else []))
+
+
+TABLES_DIR = tables_dir()
+
+
+def table_files(stem):
+    """The .md, .csv and .tex files of one table in TABLES_DIR."""
+    return [f"{TABLES_DIR}/{stem}.{ext}" for ext in ("md", "csv", "tex")]
+
+
+def ablation_files():
+    """The .md, .csv and .tex files of every ablation table (tables.ablations)."""
+    return [
+        path
+        for group in config["tables"]["ablations"]
+        for path in table_files(f"ablation-{group}")
+    ]
+
+
 def all_tables(wildcards=None):
-    return ["results/tables/summary.md"]
+    return [f"{TABLES_DIR}/summary.md", *table_files("table1"), *ablation_files()]
 
 
 localrules:
