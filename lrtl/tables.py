@@ -443,6 +443,8 @@ def protocol_note(datasets: Mapping[str, DatasetTableParams]) -> str:
         "pipeline; `status` says how well each number is sourced (confirmed / secondary / unconfirmed).",
         "- Per frame: the K masks are merged to 2 without labels, upsampled to GT resolution, thresholded at "
         "0.5, and the better of the 2 against GT is kept (METHOD.md §9).",
+        "- A frame with empty GT and an empty prediction scores J = 1 (official DAVIS), or J = 0 in runs with "
+        "`compat` = reference, as the reference evaluation does (METHOD.md §11 item 10).",
         "- Aggregation per dataset:",
     ]
     for name, rule in datasets.items():
