@@ -15,7 +15,8 @@
 # results/{dataset}/masks/{run}/{sequence}/               binary mask PNGs, overlay sheet, GIF, K-mask picture
 # results/{dataset}/masks/baseline/{sequence}.zarr        no-learning baseline masks from flow
 # results/{dataset}/metrics/{run}/{sequence}.tsv          per-frame IoU / boundary F of every annotated frame
-# results/tables/                                         paper-style tables (.md, .csv, .tex) and pictures
+# results/tables/[{name}/]                                paper-style tables (.md, .csv, .tex) and pictures; {name} =
+#                                                         targets.name ("" for the default run)
 # `all` asks for every artefact above, so a deleted intermediate is rebuilt with exactly what depends on it.
 #
 # logs/... and benchmarks/...                             the output path with results/ -> logs/ (.log) or benchmarks/ (.tsv)

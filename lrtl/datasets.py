@@ -14,21 +14,33 @@ folder             root/<name>/ image folders and/or root/<name>.(mp4|avi|mov|mk
 
 Ground truth is matched to frames by file stem, else by the frame number in the name (FBMS `_gt` suffixes and
 differing extensions are handled). Every ground-truth mask must have its frame's size.
+
+Sequence sheets (workflow/resources/sequences/<dataset>.tsv: sequence, split, n_frames) are written from the data
+once, so that the workflow knows every sequence and frame count at parse time:
+
+    python -m lrtl.datasets index --layout fbms --root data/FBMS59 --resolution "" \
+        --splits-from workflow/resources/sequences/fbms59.tsv --out workflow/resources/sequences/fbms59.tsv
+
+Splits come from --splits-from (an existing sheet: its sequences, in its order), else from the FBMS
+Trainingset/Testset folders (train/test), else `all`.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from lrtl.cli import StageError
+from lrtl.cli import StageError, run_stage
+from lrtl.stores import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +57,11 @@ LAYOUT_HELP = {
 }
 
 
-def _check_layout(layout: str) -> None:
+def _check_layout(layout: str, path: str | os.PathLike) -> None:
     if layout not in LAYOUTS:
-        raise StageError(f"unknown dataset layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
+        expected = "; ".join(f"{name}: {LAYOUT_HELP[name]}" for name in LAYOUTS)
+        raise StageError(f"{path}: unknown dataset layout {layout!r}; expected one of {', '.join(LAYOUTS)} "
+                         f"(datasets.<name>.layout in the config) — {expected}")
 
 
 def _expected(layout: str) -> str:
@@ -126,7 +140,7 @@ def _sequence_images(root: Path, layout: str, resolution: str) -> dict[str, Path
 
 def list_sequences(root: str | os.PathLike, layout: str, resolution: str) -> list[tuple[str, int]]:
     """(name, n_frames) of every sequence; video frame counts come from the container (may be approximate)."""
-    _check_layout(layout)
+    _check_layout(layout, root)
     seqs = _sequence_images(Path(root), layout, resolution)
     if not seqs:
         raise StageError(f"{root}: no sequences found; {_expected(layout)}")
@@ -139,7 +153,7 @@ def sequence_sources(root: str | os.PathLike, layout: str, resolution: str, sequ
 
     For the synthetic layout the paths are computed, not checked: the synthetic rule writes them.
     """
-    _check_layout(layout)
+    _check_layout(layout, root)
     root = Path(root)
     if layout == "synthetic":  # outputs of the synthetic rule: the paths exist only once it has run
         return {"images": root / "JPEGImages" / resolution / sequence,
@@ -270,7 +284,7 @@ def read_ground_truth(annotations: str | os.PathLike, layout: str, names: list[s
 
     Sparse ground truth (FBMS) gives A < T; a mask whose size differs from its frame raises StageError.
     """
-    _check_layout(layout)
+    _check_layout(layout, annotations)
     annotations = Path(annotations)
     if not annotations.is_dir():
         raise StageError(f"{annotations}: annotation folder not found; {_expected(layout)}")
@@ -310,7 +324,7 @@ def read_sequence(images: str | os.PathLike, annotations: str | os.PathLike | No
     The first frame is decoded once to learn the frame size the ground truth must match; without annotations
     gt is empty ([0, H, W]).
     """
-    _check_layout(layout)
+    _check_layout(layout, images)
     names = frame_names(images)
     frames = iter_frames(images)
     first = next(frames, None)
@@ -323,3 +337,85 @@ def read_sequence(images: str | os.PathLike, annotations: str | os.PathLike | No
     else:
         gt, gt_index = read_ground_truth(annotations, layout, names, (height, width))
     return names, iter_frames(images), gt, gt_index
+
+
+# --------------------------------------------------------------------------- sequence sheets
+
+SHEET_COLUMNS = ["sequence", "split", "n_frames"]
+FBMS_SPLIT_FOLDERS = {"Trainingset": "train", "Testset": "test"}
+
+
+def read_sheet(path: str | os.PathLike) -> pd.DataFrame:
+    """A sequence sheet as a DataFrame (sequence, split, n_frames; n_frames may be missing = <NA>)."""
+    path = Path(path)
+    try:
+        sheet = pd.read_csv(path, sep="\t", dtype={"sequence": str, "split": str, "n_frames": "Int64"},
+                            keep_default_na=False, na_values={"n_frames": [""]})
+    except (OSError, ValueError, pd.errors.ParserError) as err:
+        raise StageError(f"{path}: not a readable sequence sheet ({err}); expected a tab-separated file with "
+                         f"the header {' '.join(SHEET_COLUMNS)}") from err
+    if list(sheet.columns) != SHEET_COLUMNS:
+        raise StageError(f"{path}: columns {list(sheet.columns)}; a sequence sheet has exactly the header "
+                         f"{' '.join(SHEET_COLUMNS)} (tab-separated)")
+    repeated = sorted(set(sheet["sequence"][sheet["sequence"].duplicated()]))
+    if repeated:
+        raise StageError(f"{path}: sequences listed twice: {', '.join(repeated)}; keep one row each")
+    return sheet
+
+
+def sequence_splits(root: str | os.PathLike, layout: str, resolution: str) -> dict[str, str]:
+    """name -> split of every sequence: train/test from the FBMS Trainingset/Testset folders, else all."""
+    _check_layout(layout, root)
+    seqs = _sequence_images(Path(root), layout, resolution)
+    if layout == "fbms" and not _fbms_cleaned(Path(root)):
+        return {name: FBMS_SPLIT_FOLDERS.get(path.parent.name, "all") for name, path in seqs.items()}
+    return dict.fromkeys(seqs, "all")
+
+
+def index_sheet(root: str | os.PathLike, layout: str, resolution: str,
+                splits_from: str | os.PathLike | None = None) -> pd.DataFrame:
+    """The sequence sheet of a dataset from its data: names, splits and frame counts (no image is decoded).
+
+    With `splits_from` (an existing sheet) the rows are that sheet's sequences in its order, with its splits;
+    a sequence of the sheet missing from the data is an error, data sequences not in the sheet are left out.
+    """
+    counts = dict(list_sequences(root, layout, resolution))
+    if splits_from is None:
+        splits = sequence_splits(root, layout, resolution)
+        return pd.DataFrame({"sequence": list(counts), "split": [splits[n] for n in counts],
+                             "n_frames": list(counts.values())}, columns=SHEET_COLUMNS)
+    sheet = read_sheet(splits_from)
+    missing = [name for name in sheet["sequence"] if name not in counts]
+    if missing:
+        raise StageError(f"{root}: no sequence {', '.join(missing)} of {splits_from}; "
+                         f"{_expected(layout)} (or drop the rows from the sheet)")
+    extra = sorted(set(counts) - set(sheet["sequence"]))
+    if extra:
+        log.warning("%s: %d sequences not in %s are left out: %s", root, len(extra), splits_from, ", ".join(extra))
+    return pd.DataFrame({"sequence": sheet["sequence"], "split": sheet["split"],
+                         "n_frames": [counts[n] for n in sheet["sequence"]]}, columns=SHEET_COLUMNS)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m lrtl.datasets",
+                                     description="Dataset layouts: write a sequence sheet from the data.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    index = commands.add_parser("index", help="write the sequence sheet (sequence, split, n_frames) of a dataset")
+    index.add_argument("--layout", required=True, help=f"one of {', '.join(LAYOUTS)}")
+    index.add_argument("--root", required=True, help="dataset folder (datasets.<name>.root)")
+    index.add_argument("--resolution", default="", help="<res> folder of the DAVIS layout (datasets.<name>.resolution)")
+    index.add_argument("--splits-from", help="existing sheet whose sequences and splits to keep (counts are redone)")
+    index.add_argument("--out", required=True, help="sheet to write (workflow/resources/sequences/<dataset>.tsv)")
+
+    def body(args: argparse.Namespace) -> None:
+        sheet = index_sheet(args.root, args.layout, args.resolution, args.splits_from)
+        with atomic_path(args.out) as tmp:
+            sheet.to_csv(tmp, sep="\t", index=False)
+        log.info("%s: %d sequences, %d frames (%s)", args.out, len(sheet), int(sheet["n_frames"].sum()),
+                 ", ".join(f"{k} {v}" for k, v in sheet["split"].value_counts().sort_index().items()))
+
+    run_stage("datasets", body, parser, argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -9,6 +9,10 @@ to the GT resolution and thresholded at > `threshold`; J of each against the GT,
 the frame is scored under each rule of lrtl.metrics.scored_frames; lrtl.tables picks the rule per dataset.
 Every annotated frame is stored, so all rules can be applied later.
 
+Empty masks (METHOD.md §11 item 10): a frame whose GT and prediction are both empty scores J = 1 (official
+DAVIS `db_eval_iou`), or J = 0 as the GWM/LRTL reference does when the masks come from a `compat: reference`
+run (the `compat` attribute lrtl.infer writes into the masks store; the no-learning baseline has none: official).
+
 TSV columns (one row per annotated frame, tab separated, written by pandas):
     dataset, sequence, run, seed, compat, checkpoint_rule  identity and provenance (stores' attrs)
     frame, n_frames                   frame index (0-based) and sequence length
@@ -68,21 +72,43 @@ class EvaluateParams(Params):
     oracle_max_k: int  # compute the oracle-merge diagnostic only when K <= this (2**K partitions); 0 = never
 
 
-def oracle_merge(soft_full: np.ndarray, gt: np.ndarray, threshold: float) -> float:
+EMPTY_IOU = {"fixed": 1.0, "reference": 0.0}  # J of empty GT vs empty prediction per compat mode (§11 item 10)
+
+
+def empty_iou(compat: str | None) -> float:
+    """The IoU convention for empty GT and prediction of a run's compat mode (None, e.g. the baseline: fixed)."""
+    if compat is None:
+        return EMPTY_IOU["fixed"]
+    if compat not in EMPTY_IOU:
+        raise StageError(f"compat mode {compat!r} of the masks is neither fixed nor reference; rerun inference "
+                         f"with a train.runs.<run>.compat of fixed or reference")
+    return EMPTY_IOU[compat]
+
+
+def oracle_merge(soft_full: np.ndarray, gt: np.ndarray, threshold: float, empty: float = 1.0) -> float:
     """Best J over all subsets of the K soft masks [K, H, W] taken as foreground (diagnostic, uses GT)."""
     k = soft_full.shape[0]
     best = 0.0
     for size in range(0, k + 1):
         for subset in itertools.combinations(range(k), size):
             pred = soft_full[list(subset)].sum(axis=0) > threshold if subset else np.zeros_like(gt)
-            best = max(best, metrics.jaccard(pred, gt))
+            best = max(best, metrics.jaccard(pred, gt, empty))
     return best
 
 
 def evaluate_sequence(
-    soft: np.ndarray, merged: np.ndarray, gt: np.ndarray, gt_index: np.ndarray, params: EvaluateParams
+    soft: np.ndarray,
+    merged: np.ndarray,
+    gt: np.ndarray,
+    gt_index: np.ndarray,
+    params: EvaluateParams,
+    compat: str | None = None,
 ) -> pd.DataFrame:
-    """Per-frame scores; soft [T, K, h, w], merged [T, 2, h, w], gt bool [A, Hg, Wg], gt_index [A]."""
+    """Per-frame scores; soft [T, K, h, w], merged [T, 2, h, w], gt bool [A, Hg, Wg], gt_index [A].
+
+    compat: the run's compat mode; `reference` scores empty GT and empty prediction as J = 0 (else 1).
+    """
+    empty = empty_iou(compat)
     n_frames = merged.shape[0]
     rows = []
     rules = {rule: metrics.scored_frames(n_frames, gt_index, rule) for rule in metrics.FRAME_RULES}
@@ -91,13 +117,13 @@ def evaluate_sequence(
             raise StageError(f"annotation for frame {frame} but the masks have {n_frames} frames")
         height, width = mask.shape
         merged_bin = upsample(merged[frame], height, width) > params.threshold  # [2, Hg, Wg]
-        j_pair = [metrics.jaccard(merged_bin[i], mask) for i in range(2)]
-        j, chosen = metrics.best_of_two(merged_bin, mask)
+        j_pair = [metrics.jaccard(merged_bin[i], mask, empty) for i in range(2)]
+        j, chosen = metrics.best_of_two(merged_bin, mask, empty)
         f = metrics.f_boundary(merged_bin[chosen], mask, params.bound_th)
         k = soft.shape[1]
         oracle = math.nan
         if 0 < k <= params.oracle_max_k:
-            oracle = oracle_merge(upsample(soft[frame], height, width), mask, params.threshold)
+            oracle = oracle_merge(upsample(soft[frame], height, width), mask, params.threshold, empty)
         rows.append(
             {
                 "frame": frame,
@@ -109,7 +135,7 @@ def evaluate_sequence(
                 "f": f,
                 **{f"scored_{rule}": bool(rules[rule][a]) for rule in metrics.FRAME_RULES},
                 "gt_fraction": float(mask.mean()),
-                "j_all_foreground": metrics.jaccard(np.ones_like(mask), mask),
+                "j_all_foreground": metrics.jaccard(np.ones_like(mask), mask, empty),
                 "oracle_merge_do_not_use": oracle,
             }
         )
@@ -125,7 +151,10 @@ def run_evaluate(*, masks: str | Path, frames: str | Path, out: str | Path, para
             f"{masks}: {merged.shape[0]} frames of masks but {frames} has {frame_attrs['n_frames']}; "
             f"rerun inference for this sequence"
         )
-    table = evaluate_sequence(soft, merged, gt, gt_index, params)
+    try:
+        table = evaluate_sequence(soft, merged, gt, gt_index, params, compat=mask_attrs.get("compat"))
+    except StageError as err:
+        raise StageError(f"{masks}: {err}") from err
     identity = {
         "dataset": frame_attrs.get("dataset"),
         "sequence": frame_attrs.get("sequence"),

@@ -4,7 +4,8 @@ Region similarity J and boundary F follow the definitions of the official DAVIS 
 (davisvideochallenge/davis2017-evaluation `davis2017/metrics.py`: `db_eval_iou`, `db_eval_boundary`,
 `_seg2bmap`; `davis2017/utils.py`: `db_statistics`), re-implemented here from those definitions:
 
-- J = |P ∩ G| / |P ∪ G|, and 1 when both masks are empty (METHOD.md §11 item 10).
+- J = |P ∩ G| / |P ∪ G|, and 1 when both masks are empty (METHOD.md §11 item 10; the reference's 0 is
+  `empty=0.0`, chosen by lrtl.evaluate for `compat: reference` runs).
 - F: one-pixel boundary maps of both masks (a pixel is a boundary pixel when it differs from its east,
   south or south-east neighbour, with the last row / column compared only along the image edge), each
   dilated by a disk of radius ceil(bound_th * image diagonal) pixels; precision = fraction of predicted
@@ -25,12 +26,16 @@ import numpy as np
 FRAME_RULES = ("reference", "official", "annotated")
 
 
-def jaccard(pred: np.ndarray, gt: np.ndarray) -> float:
-    """Region similarity of two boolean masks [H, W]; 1.0 when both are empty."""
+def jaccard(pred: np.ndarray, gt: np.ndarray, empty: float = 1.0) -> float:
+    """Region similarity of two boolean masks [H, W]; `empty` when both are empty.
+
+    empty = 1.0 is the official DAVIS convention (lrtl default); the GWM/LRTL reference scores 0.0
+    (METHOD.md §11 item 10, `compat: reference`).
+    """
     pred, gt = _as_bool_pair(pred, gt)
     union = np.count_nonzero(pred | gt)
     if union == 0:
-        return 1.0
+        return float(empty)
     return float(np.count_nonzero(pred & gt) / union)
 
 
@@ -114,14 +119,14 @@ def statistics(per_frame: Sequence[float]) -> tuple[float, float, float]:
     return mean, recall, decay
 
 
-def best_of_two(merged_bin: np.ndarray, gt: np.ndarray) -> tuple[float, int]:
+def best_of_two(merged_bin: np.ndarray, gt: np.ndarray, empty: float = 1.0) -> tuple[float, int]:
     """(IoU, index) of the better of the two binary merged masks [2, H, W] against gt [H, W] (METHOD.md §9.3).
 
-    Ties go to index 0.
+    Ties go to index 0; `empty` is the IoU of an empty mask against an empty gt (see jaccard).
     """
     if merged_bin.shape[0] != 2:
         raise ValueError(f"best_of_two expects 2 masks, got {merged_bin.shape[0]}")
-    ious = [jaccard(merged_bin[i], gt) for i in range(2)]
+    ious = [jaccard(merged_bin[i], gt, empty) for i in range(2)]
     index = int(ious[1] > ious[0])
     return ious[index], index
 

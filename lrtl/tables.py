@@ -16,12 +16,15 @@ Files written into --out-dir (every one for every configured dataset / ablation,
     per-sequence-{dataset}.png              bar chart of per-sequence J
     measures-{dataset}.{md,csv,tex}         official DAVIS measures J/F mean, recall, decay per run
     summary.md                              the headline numbers in a few lines
+    .targets.json                           the datasets these tables are of: a later run over other datasets
+                                            into the same folder stops instead of overwriting them
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -142,6 +145,10 @@ def parse_params(
 # --------------------------------------------------------------------------- aggregation
 
 
+METRICS_HEADER = ("dataset", "sequence", "run", "frame", "j", "f")  # columns lrtl.tables needs
+TARGETS_RECORD = ".targets.json"  # in --out-dir: which datasets its tables are of
+
+
 def read_metrics(paths: Sequence[str | Path]) -> pd.DataFrame:
     """Concatenate per-frame TSVs written by lrtl.evaluate."""
     frames = []
@@ -150,9 +157,18 @@ def read_metrics(paths: Sequence[str | Path]) -> pd.DataFrame:
             raise StageError(
                 f"{path}: no per-frame metrics here; produce it with the pipeline (snakemake {path})"
             )
-        table = pd.read_csv(path, sep="\t", dtype={"dataset": str, "sequence": str, "run": str})
-        if "j" not in table.columns:
-            raise StageError(f"{path}: not a per-frame metrics TSV of lrtl.evaluate (no column j)")
+        fix = f"delete it and rebuild it with the pipeline (snakemake {path})"
+        try:
+            table = pd.read_csv(path, sep="\t", dtype={"dataset": str, "sequence": str, "run": str})
+        except pd.errors.EmptyDataError as err:
+            raise StageError(f"{path}: empty file, not a per-frame metrics TSV of lrtl.evaluate (it starts with "
+                             f"the header {' '.join(METRICS_HEADER)} ...); {fix}") from err
+        except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as err:
+            raise StageError(f"{path}: not a readable per-frame metrics TSV ({err}); {fix}") from err
+        missing = [c for c in METRICS_HEADER if c not in table.columns]
+        if missing:
+            raise StageError(f"{path}: not a per-frame metrics TSV of lrtl.evaluate: no header with the columns "
+                             f"{', '.join(missing)} (found {', '.join(map(str, table.columns[:6]))}); {fix}")
         frames.append(table)
     if not frames:
         raise StageError("no --metrics files given")
@@ -427,6 +443,8 @@ def protocol_note(datasets: Mapping[str, DatasetTableParams]) -> str:
         "pipeline; `status` says how well each number is sourced (confirmed / secondary / unconfirmed).",
         "- Per frame: the K masks are merged to 2 without labels, upsampled to GT resolution, thresholded at "
         "0.5, and the better of the 2 against GT is kept (METHOD.md §9).",
+        "- A frame with empty GT and an empty prediction scores J = 1 (official DAVIS), or J = 0 in runs with "
+        "`compat` = reference, as the reference evaluation does (METHOD.md §11 item 10).",
         "- Aggregation per dataset:",
     ]
     for name, rule in datasets.items():
@@ -459,7 +477,7 @@ def run_tables(
     if not table.empty:
         table = pd.concat([table, all_foreground_rows(table)], ignore_index=True)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    claim_out_dir(out_dir, list(datasets))
     note = protocol_note(datasets)
     written: list[Path] = []
     main_table = table1(table, datasets, TablesParams.from_mapping(params).quoted)
@@ -506,6 +524,25 @@ def run_tables(
     return written
 
 
+def claim_out_dir(out_dir: Path, datasets: Sequence[str]) -> None:
+    """Record in out_dir which datasets its tables are of; refuse to overwrite the tables of other datasets."""
+    record = out_dir / TARGETS_RECORD
+    if record.is_file():
+        try:
+            previous = json.loads(record.read_text())["datasets"]
+        except (ValueError, KeyError, TypeError) as err:
+            raise StageError(f"{record}: unreadable record of the datasets of {out_dir} ({err}); "
+                             f"delete it if the tables there may be replaced") from err
+        if sorted(previous) != sorted(datasets):
+            raise StageError(
+                f"{out_dir} holds the tables of datasets {', '.join(previous)} (recorded in {record}); this "
+                f"run's datasets are {', '.join(datasets)}. Give this run its own tables folder with targets.name "
+                f"(e.g. --config targets.name={'+'.join(datasets)}), or delete {out_dir} to replace them"
+            )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text(record, json.dumps({"datasets": list(datasets)}, indent=2) + "\n")
+
+
 def summary_text(main_table: pd.DataFrame, datasets: Mapping[str, DatasetTableParams]) -> str:
     ours = main_table[main_table["source"] != "quoted"] if not main_table.empty else main_table
     lines = [
@@ -530,7 +567,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="JSON: {datasets: {name: {label, aggregate, frame_rule, boundary, quoted_as}}, "
         "ablations: {group: {title, runs}}, quoted: bool}",
     )
-    parser.add_argument("--out-dir", required=True, help="folder for the tables (results/tables)")
+    parser.add_argument("--out-dir", required=True, help="folder for the tables (results/tables[/<targets.name>])")
 
     def body(args: argparse.Namespace) -> None:
         run_tables(metrics_files=args.metrics, out_dir=args.out_dir, params=args.params)

@@ -108,3 +108,37 @@ def test_frame_count_mismatch_is_an_error(case, tmp_path):
     stores.write_masks(case["masks"], soft[:5], merged[:5], run="full")
     with pytest.raises(SystemExit):
         run(case)
+
+
+@pytest.mark.parametrize(("compat", "expected"), [("fixed", 1.0), (None, 1.0), ("reference", 0.0)])
+def test_empty_gt_and_empty_prediction_follow_the_runs_compat_mode(tmp_path, compat, expected):
+    """METHOD.md §11 item 10: official DAVIS scores an empty frame 1, the reference (compat: reference) 0."""
+    n, h, w = 4, 8, 8
+    gt = np.zeros((2, h, w), bool)
+    gt[1, 2:6, 2:6] = True  # frame 0: empty GT; frame 2: a box
+    frames = tmp_path / "frames.zarr"
+    stores.write_frames(frames, np.zeros((n, h, w, 3), np.uint8), gt, np.array([0, 2]), dataset="d", sequence="s")
+    merged = np.zeros((n, 2, h, w), np.float32)  # both merged masks empty: nothing predicted anywhere
+    merged[2, 1, 2:6, 2:6] = 1.0  # frame 2: the box exactly
+    masks = tmp_path / "masks.zarr"
+    stores.write_masks(masks, merged, merged, run="r", compat=compat)
+    out = tmp_path / "s.tsv"
+    evaluate_main(["--masks", str(masks), "--frames", str(frames), "--params", json.dumps(EVALUATE),
+                   "--out", str(out)])  # fmt: skip
+    table = pd.read_csv(out, sep="\t").set_index("frame")
+    assert table.loc[0, "j"] == expected and table.loc[0, "j_0"] == expected
+    assert table.loc[0, "oracle_merge_do_not_use"] == expected
+    assert table.loc[2, "j"] == 1.0  # non-empty frames are the same under both conventions
+    assert (table["compat"].isna() if compat is None else table["compat"] == compat).all()
+
+
+def test_unknown_compat_mode_names_the_masks_store(tmp_path, capsys):
+    frames = tmp_path / "frames.zarr"
+    stores.write_frames(frames, np.zeros((2, 4, 4, 3), np.uint8), np.zeros((1, 4, 4), bool), np.array([0]),
+                        dataset="d", sequence="s")  # fmt: skip
+    masks = tmp_path / "masks.zarr"
+    stores.write_masks(masks, np.zeros((2, 2, 4, 4)), np.zeros((2, 2, 4, 4)), run="r", compat="refrence")
+    with pytest.raises(SystemExit):
+        evaluate_main(["--masks", str(masks), "--frames", str(frames), "--params", json.dumps(EVALUATE),
+                       "--out", str(tmp_path / "s.tsv")])  # fmt: skip
+    assert f"{masks}: compat mode 'refrence'" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """lrtl.tables on hand-made per-frame TSVs: aggregation rules, frame rules, files and labelling."""
 
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -114,3 +115,34 @@ def test_bad_aggregate_is_an_error(tmp_path, tsvs):
     bad = {**DATASET_RULES, "seqwise": dict(DATASET_RULES["seqwise"], aggregate="per_video")}
     with pytest.raises(SystemExit):
         run(tmp_path, tsvs, dict(PARAMS, datasets=bad))
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [("", r"empty file, not a per-frame metrics TSV.*dataset sequence run frame j f"),
+     ("seqwise\ta\tfull\t2\t0.5\t0.2\n", r"no header with the columns dataset, sequence, run, frame, j, f")],
+    ids=["empty", "headerless"],
+)
+def test_empty_or_headerless_metrics_name_the_file_and_the_fix(tmp_path, tsvs, capsys, content, expected):
+    bad = tmp_path / "broken.tsv"
+    bad.write_text(content)
+    with pytest.raises(SystemExit):
+        run(tmp_path, [*tsvs, bad])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert f"{bad}: " in err
+    assert re.search(expected, err), err
+    assert f"snakemake {bad}" in err
+
+
+def test_tables_of_other_datasets_are_not_overwritten(tmp_path, tsvs, capsys):
+    out = run(tmp_path, tsvs)
+    before = (out / "table1.md").read_text()
+    only_seqwise = dict(PARAMS, datasets={"seqwise": DATASET_RULES["seqwise"]})
+    with pytest.raises(SystemExit):
+        run(tmp_path, [p for p in tsvs if p.name.startswith("seqwise")], only_seqwise)
+    err = capsys.readouterr().err
+    assert f"{out} holds the tables of datasets seqwise, framewise" in err
+    assert "targets.name" in err
+    assert (out / "table1.md").read_text() == before
+    run(tmp_path, tsvs)  # the same datasets again: replaced in place

@@ -28,8 +28,19 @@ def _frame(h=24, w=32, value=100):
 
 
 def test_unknown_layout(tmp_path):
-    with pytest.raises(StageError, match="unknown dataset layout 'davsi'.*davis"):
+    with pytest.raises(StageError, match=rf"{tmp_path}: unknown dataset layout 'davsi'.*davis: JPEGImages"):
         datasets.list_sequences(tmp_path, "davsi", "480p")
+    with pytest.raises(StageError, match=rf"{tmp_path / 'seq'}: unknown dataset layout 'fmbs'.*fbms: <seq>"):
+        datasets.read_sequence(tmp_path / "seq", None, "fmbs")
+
+
+def test_missing_annotation_folder_names_it_and_the_layout(tmp_path):
+    _write(tmp_path / "Testset" / "cars1" / "cars1_01.jpg", _frame())
+    with pytest.raises(StageError, match=r"cars1/GroundTruth: annotation folder of 'cars1' not found.*fbms layout"):
+        datasets.sequence_sources(tmp_path, "fbms", "", "cars1")
+    _write(tmp_path / "stv2" / "JPEGImages" / "frog" / "frog_00001.png", _frame())
+    with pytest.raises(StageError, match=r"GroundTruth/frog: annotation folder.*segtrackv2 layout"):
+        datasets.sequence_sources(tmp_path / "stv2", "segtrackv2", "", "frog")
 
 
 def test_davis_layout_missing_annotations(tmp_path):
@@ -94,6 +105,35 @@ def test_fbms_trainingset_layout_and_white_background(tmp_path):
     expected = (gt < 255).any(-1)
     np.testing.assert_array_equal(masks[1], expected)
     np.testing.assert_array_equal(masks[0], expected)
+
+
+def test_fbms_mask_of_another_size_names_the_file(tmp_path):
+    seq = tmp_path / "Testset" / "cars1"
+    for i in range(1, 3):
+        _write(seq / f"cars1_{i:02d}.jpg", _frame())
+    _write(seq / "GroundTruth" / "cars1_01_gt.ppm", np.full((12, 32, 3), 255, np.uint8))
+    src = datasets.sequence_sources(tmp_path, "fbms", "", "cars1")
+    with pytest.raises(StageError, match=r"cars1_01_gt\.ppm: mask size 32x12 differs .* \(32x24\); expected the fbms"):
+        datasets.read_sequence(src["images"], src["annotations"], "fbms")
+
+
+def test_index_sheet_counts_frames_and_takes_fbms_splits_from_the_folders(tmp_path):
+    for part, name, n in (("Trainingset", "bear01", 4), ("Testset", "cars1", 3)):
+        for i in range(1, n + 1):
+            (tmp_path / part / name).mkdir(parents=True, exist_ok=True)
+            (tmp_path / part / name / f"{name}_{i:04d}.jpg").touch()  # never decoded
+    sheet = datasets.index_sheet(tmp_path, "fbms", "")
+    assert sheet.to_dict("records") == [{"sequence": "bear01", "split": "train", "n_frames": 4},
+                                        {"sequence": "cars1", "split": "test", "n_frames": 3}]
+    given = tmp_path / "given.tsv"
+    given.write_text("sequence\tsplit\tn_frames\ncars1\tval\t\n")
+    out = tmp_path / "out.tsv"
+    datasets.main(["index", "--layout", "fbms", "--root", str(tmp_path), "--splits-from", str(given),
+                   "--out", str(out)])
+    assert out.read_text() == "sequence\tsplit\tn_frames\ncars1\tval\t3\n"
+    given.write_text("sequence\tsplit\tn_frames\ncars9\ttest\t\n")
+    with pytest.raises(StageError, match=r"no sequence cars9 of .*given\.tsv"):
+        datasets.index_sheet(tmp_path, "fbms", "", given)
 
 
 def test_folder_layout_videos_and_image_folders(tmp_path):

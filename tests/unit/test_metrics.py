@@ -30,6 +30,11 @@ def test_jaccard_empty_cases():
     assert metrics.jaccard(empty, empty) == 1.0  # official DAVIS convention (METHOD §11 item 10)
     assert metrics.jaccard(square((8, 8), 1, 1, 3), empty) == 0.0
     assert metrics.jaccard(empty, square((8, 8), 1, 1, 3)) == 0.0
+    # the reference convention (compat: reference): both empty -> 0; nothing else changes
+    assert metrics.jaccard(empty, empty, empty=0.0) == 0.0
+    assert metrics.jaccard(square((8, 8), 1, 1, 3), square((8, 8), 1, 1, 3), empty=0.0) == 1.0
+    assert metrics.best_of_two(np.stack([empty, square((8, 8), 1, 1, 3)]), empty, empty=0.0) == (0.0, 0)
+    assert metrics.best_of_two(np.stack([square((8, 8), 1, 1, 3), empty]), empty) == (1.0, 1)
 
 
 def test_boundary_map_is_closed_outline():

@@ -35,6 +35,7 @@ def test_tables_have_a_finite_j_column_for_every_run(finished_run: Path) -> None
     assert per_sequence["full J"].notna().all()
     for suffix in (".md", ".csv", ".tex"):
         assert (tables / f"table1{suffix}").is_file()
+        assert (tables / f"ablation-loss{suffix}").is_file()
 
 
 def test_every_job_left_a_log(finished_run: Path) -> None:

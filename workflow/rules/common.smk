@@ -1,13 +1,16 @@
 # Config validation, sequence sheets, wildcard constraints, and every function the rules call.
 import copy
-import csv
+import hashlib
 import json
 import math
 import shlex
 
+import pandas as pd
+
 from snakemake.utils import validate
 
 import lrtl.datasets
+from lrtl.cli import StageError
 import lrtl.stores
 import lrtl.synthetic
 
@@ -51,19 +54,55 @@ def deep_merge(base, override):
 
 
 def read_sheet(path):
-    """Rows of a sequence sheet (tsv: sequence, split, n_frames), validated by its schema."""
-    with open(path, newline="") as handle:
-        rows = [
-            {
-                "sequence": row["sequence"],
-                "split": row["split"],
-                "n_frames": int(row["n_frames"]),
-            }
-            for row in csv.DictReader(handle, delimiter="\t")
-        ]
+    """Rows of a sequence sheet (tsv: sequence, split, n_frames), each validated by its schema.
+
+    n_frames may be left empty (None): dataset_rows then counts the frames in the dataset root.
+    """
+    sheet = lrtl.datasets.read_sheet(path)
+    rows = [
+        {
+            "sequence": row.sequence,
+            "split": row.split,
+            "n_frames": None if pd.isna(row.n_frames) else int(row.n_frames),
+        }
+        for row in sheet.itertuples(index=False)
+    ]
     for row in rows:
         validate(row, "../schemas/sequences.schema.yaml")
     return rows
+
+
+def count_missing_frames(name, sheet, rows):
+    """Fill n_frames left empty in a sheet by counting the files in the dataset root (no image is decoded)."""
+    spec = config["datasets"][name]
+    missing = [r["sequence"] for r in rows if r["n_frames"] is None]
+    if not missing:
+        return rows
+    fix = (
+        f"put the dataset at {spec['root']} or fill the counts once with: python -m lrtl.datasets index "
+        f"--layout {spec['layout']} --root {spec['root']} --resolution {spec['resolution']!r} "
+        f"--splits-from {sheet} --out {sheet}"
+    )
+    try:
+        counts = dict(
+            lrtl.datasets.list_sequences(
+                spec["root"], spec["layout"], spec["resolution"]
+            )
+        )
+    except StageError as err:
+        raise ValueError(
+            f"{sheet}: no frame count for {len(missing)} sequences and {err}; {fix}"
+        ) from err
+    absent = [s for s in missing if not counts.get(s)]
+    if absent:
+        raise ValueError(
+            f"{sheet}: no frame count for {', '.join(absent)} and no frames for them under "
+            f"{spec['root']}; {fix}"
+        )
+    return [
+        {**r, "n_frames": counts[r["sequence"]]} if r["n_frames"] is None else r
+        for r in rows
+    ]
 
 
 def dataset_rows(name):
@@ -73,11 +112,25 @@ def dataset_rows(name):
         plan = lrtl.synthetic.sequence_plan(config["synthetic"])
         return [{"sequence": s, "split": "all", "n_frames": n} for s, n in plan]
     if spec["sheet"]:
-        return read_sheet(os.path.join(workflow.basedir, spec["sheet"]))
+        sheet = os.path.join(workflow.basedir, spec["sheet"])
+        return count_missing_frames(name, spec["sheet"], read_sheet(sheet))
     listing = lrtl.datasets.list_sequences(
         spec["root"], spec["layout"], spec["resolution"]
     )
     return [{"sequence": s, "split": "all", "n_frames": n} for s, n in listing]
+
+
+def check_splits(name, rows):
+    """train_splits / eval_splits must name splits of the sheet (or all), and select at least one sequence."""
+    spec = config["datasets"][name]
+    found = {r["split"] for r in rows}
+    for key in ("train_splits", "eval_splits"):
+        unknown = [s for s in spec[key] if s != "all" and s not in found]
+        if unknown:
+            raise ValueError(
+                f"datasets.{name}.{key}: {unknown} not among the splits of its sequences "
+                f"({', '.join(sorted(found))}); use those or all"
+            )
 
 
 def load_sequences():
@@ -86,6 +139,7 @@ def load_sequences():
     sequences = {}
     for name in config["targets"]["datasets"]:
         rows = dataset_rows(name)
+        check_splits(name, rows)
         sequences[name] = {
             r["sequence"]: r for r in rows if not only or r["sequence"] in only
         }
@@ -306,8 +360,41 @@ def all_metrics(wildcards=None):
     ]
 
 
+def tables_dir():
+    """Where make_tables writes: results/tables/ for the default run, results/tables/<targets.name>/ otherwise.
+
+    A run restricted by only_sequences writes beside them, under a folder that says so (a short hash beyond 3
+    sequences), e.g. results/tables/only-synth-000. lrtl.tables refuses to overwrite tables of other datasets.
+    """
+    parts = [config["targets"]["name"]] if config["targets"]["name"] else []
+    only = sorted(config["only_sequences"])
+    if only and len(only) <= 3:
+        parts.append("only-" + "+".join(only))
+    elif only:
+        digest = hashlib.sha1("\n".join(only).encode()).hexdigest()[:8]
+        parts.append(f"only-{len(only)}-{digest}")
+    return os.path.join("results", "tables", *(["--".join(parts)] if parts else []))
+
+
+TABLES_DIR = tables_dir()
+
+
+def table_files(stem):
+    """The .md, .csv and .tex files of one table in TABLES_DIR."""
+    return [f"{TABLES_DIR}/{stem}.{ext}" for ext in ("md", "csv", "tex")]
+
+
+def ablation_files():
+    """The .md, .csv and .tex files of every ablation table (tables.ablations)."""
+    return [
+        path
+        for group in config["tables"]["ablations"]
+        for path in table_files(f"ablation-{group}")
+    ]
+
+
 def all_tables(wildcards=None):
-    return ["results/tables/summary.md"]
+    return [f"{TABLES_DIR}/summary.md", *table_files("table1"), *ablation_files()]
 
 
 localrules:

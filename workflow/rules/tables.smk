@@ -1,14 +1,16 @@
-# Tables: paper-style tables from the per-frame metrics of every configured dataset and run.
+# Tables: paper-style tables from the per-frame metrics of every configured dataset and run, in a folder named
+# after the target datasets (results/tables/<d1+d2...>/), so that runs over other datasets keep their tables.
 
 
 rule make_tables:
     input:
         all_metrics,
     output:
-        summary="results/tables/summary.md",
-        table1=multiext("results/tables/table1", ".md", ".csv", ".tex"),
+        summary=f"{TABLES_DIR}/summary.md",
+        table1=table_files("table1"),
+        ablations=ablation_files(),
     log:
-        "logs/tables.log",
+        TABLES_DIR.replace("results/", "logs/", 1) + ".log",
     params:
         tables=tables_params_json,
     shell:
