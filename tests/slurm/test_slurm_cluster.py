@@ -1,8 +1,9 @@
 """The synthetic pipeline through a real SLURM cluster with the shipped profiles (`pytest -m slurm`).
 
 One module-scoped run drives everything: `snakemake --profile profiles/slurm --profile profiles/slurm-noacct
---profile tests/slurm/profile --configfile tests/config.test.yaml` on the cluster of conftest.py, while the
-same workflow runs locally (`-c2`) next to it for comparison. A test-only fault switch fails the first
+--profile tests/slurm/profile --configfile tests/config.test.yaml tests/slurm/config.yaml` on the cluster of
+conftest.py (Snakemake adds the workflow profile profiles/default, as for any user), while the same workflow
+runs locally (`-c2`, at low CPU priority) next to it for comparison. A test-only fault switch fails the first
 `python -m lrtl.flow` once: a `python` shim first on PATH, which jobs inherit through `sbatch --export=ALL`,
 so neither lrtl nor the workflow knows about it. The tests then read the controller's record of every job
 (`scontrol show job`, the job-completion log, the controller log) and compare the two result trees.
@@ -27,7 +28,8 @@ pytestmark = pytest.mark.slurm
 
 REPO = Path(__file__).resolve().parents[2]
 SNAKEFILE = REPO / "Snakefile"
-TEST_CONFIG = REPO / "tests" / "config.test.yaml"
+TEST_CONFIGS = [REPO / "tests" / "config.test.yaml", Path(__file__).parent / "config.yaml"]
+CONFIG_ARGS = ["--configfile", *map(str, TEST_CONFIGS)]
 PROFILES = [
     REPO / "profiles" / "slurm",
     REPO / "profiles" / "slurm-noacct",
@@ -46,19 +48,20 @@ def _snakemake(
     timeout: int = RUN_TIMEOUT_S,
     background: bool = False,
 ):
-    """Run Snakemake on the repo's Snakefile in `workdir` (cwd too, so relative log dirs land there)."""
+    """Run Snakemake on the repo's Snakefile in `workdir` (cwd too, so relative log dirs land there).
+
+    `background`: start it at the lowest CPU priority, so that it only takes what the cluster jobs leave,
+    and return the process and its open log (`<workdir>.snakemake.txt`)."""
     cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "-d", str(workdir)]
     if profiles:
-        cmd += [arg for profile in PROFILES for arg in ("--profile", str(profile))] + [
-            "--workflow-profile",
-            "none",
-        ]
+        cmd += [arg for profile in PROFILES for arg in ("--profile", str(profile))]
     cmd += list(args)
     if background:
         log = open(workdir.parent / f"{workdir.name}.snakemake.txt", "w")  # noqa: SIM115 - closed by the caller
-        return subprocess.Popen(
-            cmd, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, text=True
-        ), log
+        proc = subprocess.Popen(
+            ["nice", "-n", "19", *cmd], cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, text=True
+        )
+        return proc, log
     return subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -119,11 +122,13 @@ class ClusterRun:
 @pytest.fixture(scope="module")
 def cluster_run(slurm_cluster, tmp_path_factory) -> ClusterRun:
     _require_plugin()
-    if not TEST_CONFIG.exists():
-        pytest.skip(f"{TEST_CONFIG} is missing")
+    if not TEST_CONFIGS[0].exists():
+        pytest.skip(f"{TEST_CONFIGS[0]} is missing")
     base = tmp_path_factory.mktemp("slurm-run")
-    workdir, localdir, fault_dir, shim_dir = (base / n for n in ("cluster", "local", "fault", "bin"))
-    for d in (workdir, localdir, fault_dir, shim_dir):
+    workdir, localdir, drydir, fault_dir, shim_dir = (
+        base / n for n in ("cluster", "local", "dry", "fault", "bin")
+    )
+    for d in (workdir, localdir, drydir, fault_dir, shim_dir):
         d.mkdir()
     # Test-only fault switch: the first `python -m lrtl.flow` of the run fails, once (mkdir is atomic).
     shim = shim_dir / "python"
@@ -142,16 +147,12 @@ def cluster_run(slurm_cluster, tmp_path_factory) -> ClusterRun:
     )
     local_env = {k: v for k, v in slurm_cluster.env.items() if not k.startswith("SLURM")}
 
-    dry = _snakemake(workdir, "-n", "--configfile", str(TEST_CONFIG), env=env, timeout=300)
-    assert dry.returncode == 0, dry.stdout + dry.stderr
-    submitted_rules = _jobs_in_dry_run(dry.stdout)
-
-    local, local_log = _snakemake(
-        localdir, "-c2", "--configfile", str(TEST_CONFIG), env=local_env, profiles=False, background=True
-    )
+    # The dry run (what the cluster run will submit) and the local reference run go alongside the cluster run.
+    dry, dry_log = _snakemake(drydir, "-n", *CONFIG_ARGS, env=env, background=True)
+    local, local_log = _snakemake(localdir, "-c2", *CONFIG_ARGS, env=local_env, profiles=False, background=True)
     start = time.monotonic()
     try:
-        proc = _snakemake(workdir, "--configfile", str(TEST_CONFIG), env=env)
+        proc = _snakemake(workdir, *CONFIG_ARGS, env=env)
     except subprocess.TimeoutExpired as error:
         out = (error.stdout or b"").decode(errors="replace") + (error.stderr or b"").decode(errors="replace")
         pytest.fail(f"SLURM run timed out after {RUN_TIMEOUT_S} s:\n{out[-8000:]}\n{slurm_cluster.logs()}")
@@ -159,6 +160,11 @@ def cluster_run(slurm_cluster, tmp_path_factory) -> ClusterRun:
         wall = time.monotonic() - start
         local_rc = local.wait(timeout=RUN_TIMEOUT_S)
         local_log.close()
+        dry_rc = dry.wait(timeout=RUN_TIMEOUT_S)
+        dry_log.close()
+    dry_output = (base / "dry.snakemake.txt").read_text()
+    assert dry_rc == 0, dry_output
+    submitted_rules = _jobs_in_dry_run(dry_output)
     (base / "cluster.snakemake.txt").write_text(proc.stdout + proc.stderr)
     run_ids = set(re.findall(r"SLURM run ID: ([\w-]+)", proc.stdout + proc.stderr))
     jobs = {i: j for i, j in slurm_cluster.jobs().items() if j.get("JobName") in run_ids}
@@ -301,7 +307,7 @@ def test_rerun_one_flow_through_slurm(cluster_run: ClusterRun) -> None:
     target = flows[0].relative_to(run.workdir)
     before = _arrays(flows[0])
     env = {k: v for k, v in run.cluster.env.items()}
-    proc = _snakemake(run.workdir, str(target), "-f", "--configfile", str(TEST_CONFIG), env=env, timeout=300)
+    proc = _snakemake(run.workdir, str(target), "-f", *CONFIG_ARGS, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     run_ids = set(re.findall(r"SLURM run ID: ([\w-]+)", proc.stdout + proc.stderr))
     jobs = [j for j in run.cluster.jobs().values() if j.get("JobName") in run_ids]
@@ -339,30 +345,30 @@ def test_davis_dry_run_groups_small_jobs(tmp_path: Path) -> None:
         "-n",
         "--profile",
         str(REPO / "profiles" / "slurm"),
-        "--workflow-profile",
-        "none",
         "--configfile",
         str(overlay),
     ]
-    grouped = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert grouped.returncode == 0, grouped.stdout[-4000:] + grouped.stderr[-4000:]
-    assert not re.search(r"Provided resources:.*\bgpu=", grouped.stdout + grouped.stderr), (
+    # both dry runs at once (they only read the workdir)
+    runs = [
+        subprocess.Popen(c, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for c in (cmd, cmd + ["--groups", "none=none"])
+    ]
+    (grouped, grouped_err), (ungrouped, ungrouped_err) = (run.communicate(timeout=300) for run in runs)
+    assert runs[0].returncode == 0, grouped[-4000:] + grouped_err[-4000:]
+    assert runs[1].returncode == 0, ungrouped[-4000:] + ungrouped_err[-4000:]
+    assert not re.search(r"Provided resources:.*\bgpu=", grouped + grouped_err), (
         "a global gpu cap (`resources: gpu=1` in profiles/default) runs one GPU job at a time on the cluster"
     )
-    ungrouped = subprocess.run(
-        cmd + ["--groups", "none=none"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert ungrouped.returncode == 0, ungrouped.stdout[-4000:] + ungrouped.stderr[-4000:]
-    jobs, local = _jobs_in_dry_run(grouped.stdout), _local_rules()
-    before, after = _submissions_in_dry_run(ungrouped.stdout), _submissions_in_dry_run(grouped.stdout)
+    jobs, local = _jobs_in_dry_run(grouped), _local_rules()
+    before, after = _submissions_in_dry_run(ungrouped), _submissions_in_dry_run(grouped)
     assert before == sum(jobs.values())
     grouped_rules = set(yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())["groups"])
     small = sum(n for rule, n in jobs.items() if rule in grouped_rules)
-    group_jobs = len(re.findall(r"^\[.*\] Group job \w+", grouped.stdout, flags=re.M))
+    group_jobs = len(re.findall(r"^\[.*\] Group job \w+", grouped, flags=re.M))
     assert after == before - small + group_jobs, (before, after, small, group_jobs)
     assert group_jobs * 5 <= small, (small, group_jobs)
     assert {"index_tracks", "make_tables"} <= local
-    gpu_blocks = re.findall(r"^\s*rule (\w+):\n(?:.*\n)*?\s*resources: (.*)$", grouped.stdout, flags=re.M)
+    gpu_blocks = re.findall(r"^\s*rule (\w+):\n(?:.*\n)*?\s*resources: (.*)$", grouped, flags=re.M)
     for rule, resources in gpu_blocks:
         is_gpu = "slurm_partition=gpu" in resources
         assert is_gpu == (rule in GPU_RULES), (rule, resources)
