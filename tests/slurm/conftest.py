@@ -45,11 +45,12 @@ SCRATCH_PREFIX = "lrtl-slurm-"
 STARTUP_TIMEOUT_S = 60
 MIN_JOB_AGE_S = 3600  # finished jobs stay in `squeue --states=all` / `scontrol show job` this long
 # What the node advertises, whatever the machine has (SlurmdParameters=config_overrides; without cgroups
-# nothing is enforced), so that the shipped profile's real requests (cpus_per_gpu 8, mem_mb 32000) fit
-# unchanged. The `jobs:` cap of tests/slurm/profile is what keeps the machine from being oversubscribed.
-NODE_CPUS = 16
-NODE_MEMORY_MB = 64000
-NODE_GPUS = 8  # enough that the test run's GPU jobs (up to 6 at once) never queue behind each other
+# nothing is enforced), so that the shipped profile's real requests (cpus_per_gpu 4-8, mem_mb 8000-32000) fit
+# unchanged, and every job the test run has ready at once (the `jobs:` cap of tests/slurm/profile) starts at
+# once instead of queueing behind the others.
+NODE_CPUS = 64
+NODE_MEMORY_MB = 256000
+NODE_GPUS = 8
 
 
 def _give_up(reason: str) -> None:
