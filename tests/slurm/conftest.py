@@ -316,7 +316,11 @@ def local_slurm_cluster():
     key = root / "munge" / "munge.key"
     key.write_bytes(os.urandom(1024))
     key.chmod(0o400)
-    conf = _write_config(root)
+    try:
+        conf = _write_config(root)
+    except OSError as error:  # e.g. mknod refused (a container without CAP_MKNOD)
+        shutil.rmtree(root, ignore_errors=True)
+        _give_up(f"cannot write the cluster's config and fake GPU devices: {error}")
     # The slurm-jobstep plugin drops SLURM_CONF before its nested `srun` (real clusters have
     # /etc/slurm/slurm.conf or configless mode). Rather than writing to /etc, a shim first on PATH (jobs
     # inherit PATH) puts it back.

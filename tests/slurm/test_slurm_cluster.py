@@ -193,6 +193,8 @@ def test_pipeline_completes_through_sbatch(cluster_run: ClusterRun) -> None:
     run = cluster_run
     assert run.proc.returncode == 0, _explain(run)
     assert (run.workdir / "results" / "tables" / "summary.md").exists()
+    # as for a user's `snakemake --profile profiles/slurm`, the workflow profile was applied on top
+    assert re.search(r"workflow specific profile \S*profiles/default\b", run.proc.stderr), run.proc.stderr[:2000]
     assert run.jobs, "no SLURM job of this run is known to the controller\n" + _explain(run)
     sbatched = run.cluster.submitted_job_ids()
     completed = {r["JobId"] for r in run.cluster.completed()}
