@@ -1,11 +1,11 @@
 """A real one-node SLURM cluster for the `slurm` tests: munged, slurmctld and slurmd on localhost.
 
 The session fixture `slurm_cluster` installs Debian's SLURM packages when they are missing (root and apt-get
-needed), writes a private `slurm.conf` (partitions `cpu` and `gpu`, a `gpu` GRES backed by `/dev/null`, free
-ports, state and logs under one scratch directory), starts the three daemons in the foreground as children of
-pytest, waits until the node is idle, and at teardown stops exactly those processes (by PID) and removes the
-directory. Nothing is written to /etc: the client commands find the cluster through `SLURM_CONF`, which the
-fixture exports for the session (jobs inherit it through `sbatch --export=ALL`).
+needed), writes a private `slurm.conf` (partitions `cpu` and `gpu`, a `gpu` GRES of fake GPUs: device files that
+act as `/dev/null`; free ports; state and logs under one scratch directory), starts the three daemons in the
+foreground as children of pytest, waits until the node is idle, and at teardown stops exactly those processes
+(by PID) and removes the directory. Nothing is written to /etc: the client commands find the cluster through
+`SLURM_CONF`, which the fixture exports for the session (jobs inherit it through `sbatch --export=ALL`).
 
 The cluster has no accounting database: `sacct` does not work, so tests read `squeue --states=all` (finished
 jobs stay visible for MinJobAge) and the controller's job-completion log (`jobcomp/filetxt`).
@@ -23,6 +23,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import tempfile
 import time
@@ -44,12 +45,12 @@ SCRATCH_PREFIX = "lrtl-slurm-"
 STARTUP_TIMEOUT_S = 60
 MIN_JOB_AGE_S = 3600  # finished jobs stay in `squeue --states=all` / `scontrol show job` this long
 # What the node advertises, whatever the machine has (SlurmdParameters=config_overrides; without cgroups
-# nothing is enforced), so that the shipped profile's real requests (cpus_per_gpu 8, mem_mb 32000) fit
-# unchanged. The `jobs:` cap of tests/slurm/profile is what keeps the machine from being oversubscribed.
-NODE_CPUS = 16
-NODE_MEMORY_MB = 64000
-NODE_GPUS = 2
-FAKE_GPU_FILES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/urandom")  # device files standing in for GPUs
+# nothing is enforced), so that the shipped profile's real requests (cpus_per_gpu 4-8, mem_mb 8000-32000) fit
+# unchanged, and every job the test run has ready at once (the `jobs:` cap of tests/slurm/profile) starts at
+# once instead of queueing behind the others.
+NODE_CPUS = 64
+NODE_MEMORY_MB = 256000
+NODE_GPUS = 8
 
 
 def _give_up(reason: str) -> None:
@@ -254,11 +255,20 @@ PartitionName=cpu Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 PartitionName=gpu Nodes=localhost MaxTime=INFINITE State=UP
 """
     )
-    files = ",".join(FAKE_GPU_FILES[:NODE_GPUS])
+    files = ",".join(_fake_gpu_devices(root / "dev", NODE_GPUS))
     (root / "etc" / "gres.conf").write_text(
         f"# Fake GPUs, so that --gpus=1 requests are accepted.\nNodeName=localhost Name=gpu File={files}\n"
     )
     return conf
+
+
+def _fake_gpu_devices(folder: Path, count: int) -> list[str]:
+    """`count` character devices that behave as /dev/null (GRES `File=` wants one device file per GPU)."""
+    null = os.stat("/dev/null").st_rdev
+    paths = [folder / f"gpu{i}" for i in range(count)]
+    for path in paths:
+        os.mknod(path, stat.S_IFCHR | 0o666, null)
+    return [str(path) for path in paths]
 
 
 def _start(cluster: SlurmCluster, name: str, cmd: list[str]) -> None:
@@ -301,12 +311,16 @@ def local_slurm_cluster():
     _reap_leftovers()
     root = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX))
     root.chmod(0o755)
-    for sub in ("bin", "etc", "state", "spool", "run", "log", "munge"):
+    for sub in ("bin", "dev", "etc", "state", "spool", "run", "log", "munge"):
         (root / sub).mkdir()
     key = root / "munge" / "munge.key"
     key.write_bytes(os.urandom(1024))
     key.chmod(0o400)
-    conf = _write_config(root)
+    try:
+        conf = _write_config(root)
+    except OSError as error:  # e.g. mknod refused (a container without CAP_MKNOD)
+        shutil.rmtree(root, ignore_errors=True)
+        _give_up(f"cannot write the cluster's config and fake GPU devices: {error}")
     # The slurm-jobstep plugin drops SLURM_CONF before its nested `srun` (real clusters have
     # /etc/slurm/slurm.conf or configless mode). Rather than writing to /etc, a shim first on PATH (jobs
     # inherit PATH) puts it back.

@@ -50,3 +50,12 @@ def test_every_profile_line_is_commented() -> None:
             stripped = line.strip()
             if stripped and not stripped.startswith("#") and not stripped.endswith(":"):
                 assert "#" in line, f"profiles/{name}/config.yaml:{number} has no comment: {line!r}"
+
+
+def test_workflow_profile_leaves_cluster_settings_alone() -> None:
+    """Snakemake applies profiles/default (next to the Snakefile) after `--profile profiles/slurm`, so it must
+    neither set what a cluster run depends on nor give another value to a key the cluster profile sets."""
+    default, slurm = _profile("default"), _profile("slurm")
+    cluster_keys = {"executor", "jobs", "cores", "resources", "default-resources", "set-resources", "groups"}
+    assert not set(default) & (cluster_keys | {"group-components", "retries", "keep-going"})
+    assert {k: v for k, v in default.items() if k in slurm} == {k: slurm[k] for k in default if k in slurm}
