@@ -10,17 +10,13 @@ import torch
 
 from lrtl import train
 from lrtl.model import load_checkpoint
+from tests.conftest import config_section
 from tests.unit.test_data import build_training_inputs
 
-PARAMS = {
-    "model": {
-        "backbone": {
-            "name": "small",
-            "channels": [8, 16],
-            "weights": None,
-            "layers": [],
-            "patch_stride": 4,
-        },
+PARAMS = config_section(
+    "train.defaults",
+    model={
+        "backbone": {"channels": [8, 16], "weights": None, "layers": []},
         "k": 3,
         "input_size": [32, 48],
         "hidden": 16,
@@ -30,39 +26,27 @@ PARAMS = {
         "dropout": 0.1,
         "mask_stride": 4,
     },
-    "data": {
-        "gaps": [1, 2],
+    data={
         "pair_offset": 3,
         "n_tracks": 64,
         "context": 9,
         "smooth": 3,
-        "min_visibility": 0.1,
         "flow_size": [16, 24],
-        "preload_flow": True,
-        "flow_clamp": 20.0,
-        "flip": 0.5,
         "workers": 0,
         "cache_queries": 64,
     },
-    "loss": {
-        "w_flow": 0.03,
-        "w_traj": 1e-3,
-        "w_temp": 0.1,
-        "rank": 2,
-        "route": "gram",
-        "weight_clamp": 1e-6,
-    },
-    "optim": {"lr": 1e-3, "weight_decay": 0.01, "warmup": 0.25, "poly_power": 0.9, "grad_clip": 1.0},
-    "iterations": 4,
-    "batch_items": 1,
-    "seed": 0,
-    "deterministic": True,
-    "device": "cpu",
-    "compat": "fixed",
-    "log_every": 1,
-    "checkpoint_every": 2,
-    "validate": {"every": 2, "frames": 6, "threshold": 0.5},
-}
+    loss={"w_flow": 0.03, "w_traj": 1e-3, "w_temp": 0.1, "rank": 2, "route": "gram"},
+    optim={"lr": 1e-3, "warmup": 0.25, "grad_clip": 1.0},
+    iterations=4,
+    batch_items=1,
+    seed=0,
+    deterministic=True,
+    device="cpu",
+    compat="fixed",
+    log_every=1,
+    checkpoint_every=2,
+    validate={"every": 2, "frames": 6, "threshold": 0.5},
+)
 
 
 @pytest.fixture(scope="module")

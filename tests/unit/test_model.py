@@ -9,6 +9,7 @@ import torch
 from lrtl.backbones import DinoViT, build_backbone
 from lrtl.cli import StageError
 from lrtl.model import build_model, load_checkpoint, normalize_images, resize_rgb
+from tests.conftest import config_section
 
 TINY = {
     "backbone": {"name": "small", "channels": [8, 16]},
@@ -154,48 +155,29 @@ def _tiny_params():
     from lrtl.train import parse_params
 
     return parse_params(
-        {
-            "model": {
-                **TINY,
-                "backbone": {
-                    "name": "small",
-                    "channels": [8, 16],
-                    "weights": None,
-                    "layers": [],
-                    "patch_stride": 4,
-                },
-            },
-            "data": {
+        config_section(
+            "train.defaults",
+            model={**TINY, "backbone": {"name": "small", "channels": [8, 16], "weights": None, "layers": []}},
+            data={
                 "gaps": [1],
                 "pair_offset": 2,
                 "n_tracks": 64,
                 "context": 7,
                 "smooth": 3,
-                "min_visibility": 0.1,
                 "flow_size": [],
-                "preload_flow": True,
-                "flow_clamp": 20.0,
-                "flip": 0.5,
                 "workers": 0,
                 "cache_queries": 8,
             },
-            "loss": {
-                "w_flow": 1.0,
-                "w_traj": 1e-3,
-                "w_temp": 0.1,
-                "rank": 2,
-                "route": "gram",
-                "weight_clamp": 1e-6,
-            },
-            "optim": {"lr": 1e-3, "weight_decay": 0.01, "warmup": 0.1, "poly_power": 0.9, "grad_clip": 1.0},
-            "iterations": 4,
-            "batch_items": 1,
-            "seed": 0,
-            "deterministic": True,
-            "device": "cpu",
-            "compat": "fixed",
-            "log_every": 2,
-            "checkpoint_every": 2,
-            "validate": {"every": 0, "frames": 0, "threshold": 0.5},
-        }
+            loss={"w_flow": 1.0, "w_traj": 1e-3, "w_temp": 0.1, "rank": 2, "route": "gram"},
+            optim={"lr": 1e-3, "warmup": 0.1, "grad_clip": 1.0},
+            iterations=4,
+            batch_items=1,
+            seed=0,
+            deterministic=True,
+            device="cpu",
+            compat="fixed",
+            log_every=2,
+            checkpoint_every=2,
+            validate={"every": 0, "frames": 0},
+        )
     )
