@@ -26,7 +26,7 @@ from tqdm import tqdm
 from lrtl import stores
 from lrtl.backends import flow_backend
 from lrtl.cli import StageError, json_params, progress_enabled, run_stage
-from lrtl.params import Params
+from lrtl.params import Params, require_active_backend
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +55,13 @@ class FloParams(Params):
 class FlowParams(Params):
     backend: str           # dis | raft | oracle | flo
     gaps: tuple[int, ...]  # positive frame gaps; both directions are computed
-    dis: DisParams
-    raft: RaftParams
-    flo: FloParams
+    # Backend sections; the workflow passes null for the inactive ones, so that editing them reruns nothing.
+    dis: DisParams | None
+    raft: RaftParams | None
+    flo: FloParams | None
+
+    def __post_init__(self) -> None:
+        require_active_backend(self, "flow")
 
 
 def flow_pairs(n_frames: int, gap: int) -> list[tuple[int, int]]:

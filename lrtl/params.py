@@ -14,6 +14,26 @@ class ParamsError(StageError, ValueError):
     """A config section that does not match its dataclass: an unknown or a missing key."""
 
 
+def _nested_params(hint: Any) -> type[Params] | None:
+    """The Params class of a field typed `P` or `P | None`, else None."""
+    candidates = typing.get_args(hint) if _nullable(hint) else (hint,)
+    for candidate in candidates:
+        if isinstance(candidate, type) and issubclass(candidate, Params):
+            return candidate
+    return None
+
+
+def _nullable(hint: Any) -> bool:
+    return type(None) in typing.get_args(hint)
+
+
+def require_active_backend(params: Any, section: str) -> None:
+    """A section with `backend: X` must give X's keys; the inactive backends' sections may be null."""
+    if getattr(params, params.backend, "") is None:
+        raise ParamsError(f"{section}.{params.backend}: expected a mapping of keys, got null, but {section}.backend "
+                          f"is {params.backend}; give its keys as config.yaml does")
+
+
 @dataclasses.dataclass(frozen=True)
 class Params:
     """Base for a stage's parameters: `XParams.from_mapping(config["x"])`.
@@ -41,8 +61,8 @@ class Params:
         hints = typing.get_type_hints(cls)
         values = {}
         for name, value in mapping.items():
-            hint = hints[name]
-            if isinstance(hint, type) and issubclass(hint, Params):
+            hint = _nested_params(hints[name])
+            if hint is not None and not (value is None and _nullable(hints[name])):
                 value = hint.from_mapping(value, f"{where}.{name}")
             elif isinstance(value, list):
                 value = tuple(value)

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from lrtl import __version__, stores
 from lrtl.backends import track_backend
 from lrtl.cli import StageError, json_params, progress_enabled, run_stage
-from lrtl.params import Params
+from lrtl.params import Params, require_active_backend
 from lrtl.track_store import PartialChunk, SequenceTracks, open_chunk, open_sequence_tracks
 
 log = logging.getLogger(__name__)
@@ -73,8 +73,12 @@ class TracksParams(Params):
     window: int              # frames seen per query frame, centred (paper 101)
     points_per_batch: int    # query points per tracker pass (bounds GPU memory)
     storage: str             # float32 | fixed16 (int16, 1/16 px)
-    flowchain: FlowChainParams
-    cotracker: CoTrackerParams
+    # Backend sections; the workflow passes null for the inactive ones, so that editing them reruns nothing.
+    flowchain: FlowChainParams | None
+    cotracker: CoTrackerParams | None
+
+    def __post_init__(self) -> None:
+        require_active_backend(self, "tracks")
 
 
 # --------------------------------------------------------------------------- query scheme

@@ -82,3 +82,16 @@ def test_every_training_run_is_complete_once_merged(run: str) -> None:
 def test_a_stage_rejects_an_unknown_key_naming_it() -> None:
     with pytest.raises(ParamsError, match="chunk_sise"):
         TracksParams.from_mapping({**CONFIG["tracks"], "chunk_sise": 4}, "tracks")
+
+
+@pytest.mark.parametrize(("section", "params"), [("flow", FlowParams), ("tracks", TracksParams)])
+def test_inactive_backend_sections_may_be_null_but_still_validate_when_given(section: str, params: type) -> None:
+    mapping = copy.deepcopy(CONFIG[section])
+    inactive = [key for key, value in mapping.items() if isinstance(value, dict) and key != mapping["backend"]]
+    assert inactive  # the workflow nulls these (workflow/rules/common.smk: active_backend_only)
+    parsed = params.from_mapping({**mapping, **dict.fromkeys(inactive)}, section)
+    assert all(getattr(parsed, key) is None for key in inactive)
+    assert getattr(parsed, mapping["backend"]) is not None
+    bad = {**mapping, inactive[0]: {**mapping[inactive[0]], "typo": 1}}
+    with pytest.raises(ParamsError, match="typo"):
+        params.from_mapping(bad, section)

@@ -51,6 +51,16 @@ def test_second_run_has_nothing_to_do(finished_run: Path) -> None:
     assert "Nothing to be done" in proc.stdout + proc.stderr
 
 
+def test_editing_an_inactive_backend_reruns_nothing(finished_run: Path, tmp_path: Path) -> None:
+    overlay = tmp_path / "inactive.yaml"
+    overlay.write_text("flow: {raft: {iterations: 7}}\ntracks: {cotracker: {iterations: 3}}\n")
+    proc = snakemake(finished_run, "-n", "--configfile", str(TEST_CONFIG), str(overlay))
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+    overlay.write_text("flow: {dis: {preset: fast}}\n")  # the active backend's keys do rerun its jobs
+    counts = job_counts(snakemake(finished_run, "-n", "--configfile", str(TEST_CONFIG), str(overlay)).stdout)
+    assert counts["compute_flow"] == 2 and counts["train_model"] == 1
+
+
 def test_one_chunk_target_is_exactly_one_job_with_its_command(finished_run: Path) -> None:
     target = "results/synthetic/tracks/synth-000/chunk-000.zarr"
     proc = snakemake(finished_run, target, "-n", "-p", "-f", "--configfile", str(TEST_CONFIG))

@@ -273,11 +273,23 @@ def input_flags(wildcards, input):
     return " ".join(flags)
 
 
+def active_backend_only(section):
+    """A section with a `backend` key keeps only that backend's sub-section; the other backends' become null,
+    so that editing an inactive backend's keys changes no job's params (and reruns nothing).
+    """
+    if "backend" not in section:
+        return section
+    return {
+        key: None if isinstance(value, dict) and key != section["backend"] else value
+        for key, value in section.items()
+    }
+
+
 def stage_params(section):
     """A params callable giving the JSON of one config section (literal braces would read as wildcards)."""
 
     def params(wildcards):
-        return json.dumps(config[section], sort_keys=True)
+        return json.dumps(active_backend_only(config[section]), sort_keys=True)
 
     return params
 
