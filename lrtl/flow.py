@@ -27,6 +27,7 @@ from lrtl import stores
 from lrtl.backends import flow_backend
 from lrtl.cli import StageError, json_params, progress_enabled, run_stage
 from lrtl.params import Params, require_active_backend
+from lrtl.runtime import limit_threads
 
 log = logging.getLogger(__name__)
 
@@ -179,21 +180,6 @@ def run_flow(*, frames: str | os.PathLike, out: str | os.PathLike, params: FlowP
     log.info("wrote %s", out)
 
 
-def limit_threads(threads: int | None, backend: str) -> None:
-    """Hold the job to `threads` CPU threads (the rule's `threads:`): OpenCV's pool (dis runs its parallel
-    loops there) and, for raft, torch's intra-op threads. None or 0 leaves the libraries' choice (all cores)."""
-    if not threads:
-        return
-    if threads < 0:
-        raise StageError(f"--threads must be a positive number of threads, not {threads}")
-    cv2.setNumThreads(threads)
-    if backend == "raft":
-        import torch
-
-        torch.set_num_threads(threads)
-    log.info("CPU threads limited to %d", threads)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m lrtl.flow", description=__doc__.split("\n")[0])
     parser.add_argument("--frames", required=True, help="frames store of the sequence")
@@ -211,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     def body(args: argparse.Namespace) -> None:
         params = FlowParams.from_mapping(args.params, "flow")
-        limit_threads(args.threads, params.backend)
+        limit_threads(args.threads, torch_too=params.backend == "raft")
         run_flow(frames=args.frames, out=args.out, params=params, weights=args.weights,
                  ground_truth=args.ground_truth, flo_root=args.flo_root)
 

@@ -1,19 +1,44 @@
-"""What a stage runs on and what it loaded: the torch device of a config value, the sha256 of a weights file."""
+"""What a stage runs on and what it loaded: CPU threads, the torch device of a config value, the sha256 of a
+weights file. torch and OpenCV are imported where needed, so a stage that uses neither does not pay for them."""
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
-
-import torch
+from typing import TYPE_CHECKING
 
 from lrtl.cli import StageError
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda")
 
 
+def limit_threads(threads: int | None, torch_too: bool) -> None:
+    """Hold a job to `threads` CPU threads (its rule's `threads:`): OpenCV's pool and, with `torch_too`, torch's
+    intra-op threads. None or 0 leaves the libraries' choice (all cores)."""
+    if not threads:
+        return
+    if threads < 0:
+        raise StageError(f"--threads must be a positive number of threads, not {threads}")
+    import cv2
+
+    cv2.setNumThreads(threads)
+    if torch_too:
+        import torch
+
+        torch.set_num_threads(threads)
+    log.info("CPU threads limited to %d", threads)
+
+
 def resolve_device(name: str, key: str = "device") -> torch.device:
     """`auto` -> cuda when visible, else cpu; `cpu` / `cuda` as given. `key` names the config value in errors."""
+    import torch
+
     if name not in DEVICES:
         raise StageError(f"{key} must be one of {', '.join(DEVICES)}, not {name!r}")
     if name == "auto":

@@ -31,6 +31,7 @@ from lrtl import __version__, stores
 from lrtl.backends import track_backend
 from lrtl.cli import StageError, json_params, progress_enabled, run_stage
 from lrtl.params import Params, require_active_backend
+from lrtl.runtime import limit_threads
 from lrtl.track_store import PartialChunk, SequenceTracks, open_chunk, open_sequence_tracks
 
 log = logging.getLogger(__name__)
@@ -255,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     chunk.add_argument("--dataset", required=True)
     chunk.add_argument("--sequence", required=True)
     chunk.add_argument("--out", required=True, help="chunk store to write")
+    chunk.add_argument("--threads", type=int, help="CPU threads (the rule's threads; omitted: all cores)")
     index = commands.add_parser("index", help="check coverage of all chunks and write index.json")
     index.add_argument("--frames", required=True, help="frames store of the sequence")
     index.add_argument("--chunks", required=True, nargs="+", help="all chunk stores of the sequence")
@@ -271,6 +273,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     def body(args: argparse.Namespace) -> None:
         params = parse_params(args.params)
         if args.command == "chunk":
+            limit_threads(args.threads, torch_too=params.backend == "cotracker")
             run_chunk(frames=args.frames, chunk=args.chunk, params=params, dataset=args.dataset,
                       sequence=args.sequence, out=args.out, flow=args.flow, ground_truth=args.ground_truth,
                       hub_repo=args.hub_repo, checkpoint=args.checkpoint)

@@ -42,7 +42,7 @@ from lrtl.metrics import best_of_two
 from lrtl.model import CHECKPOINT_FORMAT, build_model, normalize_images
 from lrtl.params import Params
 from lrtl.pictures import upsample
-from lrtl.runtime import resolve_device
+from lrtl.runtime import limit_threads, resolve_device
 from lrtl.stores import atomic_path, open_store, read_ground_truth, write_text
 
 log = logging.getLogger(__name__)
@@ -570,8 +570,7 @@ def apply_determinism(params: TrainParams) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     def body(args: argparse.Namespace) -> None:
         params = parse_params(args.params)
-        if args.threads:
-            torch.set_num_threads(args.threads)
+        limit_threads(args.threads, torch_too=True)
         apply_determinism(params)
         run_train(
             frames=args.frames,

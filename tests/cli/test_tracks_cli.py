@@ -209,3 +209,15 @@ def test_bad_inputs_stop_with_a_message(sequence, tmp_path, capsys):
     with pytest.raises(SystemExit):
         chunk(sequence, tmp_path / "c.zarr", 0, {**TRACKS, "strid": 4})
     assert "unknown key(s) ['strid']" in capsys.readouterr().err
+
+
+def test_threads_flag_limits_opencv(sequence, tmp_path):
+    import cv2
+
+    before = cv2.getNumThreads()
+    try:
+        chunk(sequence, tmp_path / "c0.zarr", 0, threads="1")
+        assert cv2.getNumThreads() == 1  # the job held to the rule's threads
+    finally:
+        cv2.setNumThreads(before)
+    assert (tmp_path / "c0.zarr").is_dir()

@@ -27,6 +27,7 @@ rule track_chunk:
             --sequence {wildcards.sequence:q} \
             --params {params.tracks:q} \
             --out {output:q} \
+            --threads {threads} \
             >{log:q} 2>&1
         """
 
