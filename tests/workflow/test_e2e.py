@@ -53,7 +53,10 @@ def test_second_run_has_nothing_to_do(finished_run: Path) -> None:
 
 def test_editing_an_inactive_backend_reruns_nothing(finished_run: Path, tmp_path: Path) -> None:
     overlay = tmp_path / "inactive.yaml"
-    overlay.write_text("flow: {raft: {iterations: 7}}\ntracks: {cotracker: {iterations: 3}}\n")
+    overlay.write_text(
+        "flow: {raft: {iterations: 7}}\ntracks: {cotracker: {iterations: 3}}\n"
+        "train: {defaults: {model: {backbone: {weights: other.pth, patch_stride: 8}}}}\n"  # DINO keys, small net
+    )
     proc = snakemake(finished_run, "-n", "--configfile", str(TEST_CONFIG), str(overlay))
     assert "Nothing to be done" in proc.stdout + proc.stderr
     overlay.write_text("flow: {dis: {preset: fast}}\n")  # the active backend's keys do rerun its jobs

@@ -181,11 +181,24 @@ def chunk_paths(wildcards):
     ]
 
 
+# Backbone keys each backbone reads; the others are passed as null, so that editing them retrains nothing.
+BACKBONE_KEYS = {
+    "small": {"name", "channels"},
+    "dino_vitb8": {"name", "weights", "layers", "patch_stride"},
+}
+
+
 def run_params(wildcards):
     """The merged hyperparameters of one training run: train.defaults with train.runs.<run> over them."""
-    return deep_merge(
+    params = deep_merge(
         config["train"]["defaults"], config["train"]["runs"][wildcards.run]
     )
+    backbone = params["model"]["backbone"]
+    used = BACKBONE_KEYS[backbone["name"]]
+    params["model"]["backbone"] = {
+        key: value if key in used else None for key, value in backbone.items()
+    }
+    return params
 
 
 # ----------------------------------------------------------------------------- rule inputs
