@@ -3,6 +3,7 @@ weights file. torch and OpenCV are imported where needed, so a stage that uses n
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -49,7 +50,14 @@ def resolve_device(name: str, key: str = "device") -> torch.device:
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in 4 MiB blocks (weights files are hundreds of MB)."""
+    """Hex sha256 of a file, read in 4 MiB blocks (weights files are hundreds of MB); a file unchanged since
+    the last call in this process (same path, size and mtime) is not read again."""
+    stat = os.stat(path)
+    return _sha256(os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 22), b""):
