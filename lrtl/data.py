@@ -337,15 +337,20 @@ class TrainItems(torch.utils.data.Dataset):
             )
         self.track_size = sizes.pop()  # (H, W) of track pixel coordinates
         self._readers: dict[int, Any] = {}
+        self._flow_groups: dict[int, Any] = {}  # open flow stores (preload_flow false)
         self._cache: OrderedDict[tuple[int, int], tuple[np.ndarray, np.ndarray, int]] = OrderedDict()
         self._pid = None
 
     def __len__(self) -> int:
         return 2**62
 
+    def _own_process(self) -> None:
+        """A fresh process (DataLoader worker) opens its own readers and stores and keeps its own cache."""
+        if self._pid != os.getpid():
+            self._readers, self._flow_groups, self._cache, self._pid = {}, {}, OrderedDict(), os.getpid()
+
     def _query(self, seq: int, q: int) -> tuple[np.ndarray, np.ndarray, int]:
-        if self._pid != os.getpid():  # a fresh process (DataLoader worker): own readers and cache
-            self._readers, self._cache, self._pid = {}, OrderedDict(), os.getpid()
+        self._own_process()
         key = (seq, q)
         if key in self._cache:
             self._cache.move_to_end(key)
@@ -363,8 +368,10 @@ class TrainItems(torch.utils.data.Dataset):
         sequence = self.sequences[seq]
         if sequence.flow is not None:
             return sequence.flow[gap][frame]
-        group = stores.open_flow(sequence.flow_path)
-        return loss_flow(stores.read_flow(group, gap, frame)[None], self.params)[0]
+        self._own_process()
+        if seq not in self._flow_groups:
+            self._flow_groups[seq] = stores.open_flow(sequence.flow_path)
+        return loss_flow(stores.read_flow(self._flow_groups[seq], gap, frame)[None], self.params)[0]
 
     def item_plan(self, key: int) -> tuple[np.random.Generator, int, int, list[int], bool]:
         """(generator, sequence index, gap, 4 frames, flip) of item `key`."""
