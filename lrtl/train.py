@@ -39,7 +39,7 @@ from lrtl.cli import StageError, json_params, progress_enabled, run_stage
 from lrtl.data import DataParams, TrainItems, flatten_batch, load_sequence, make_loader
 from lrtl.infer import Predictor
 from lrtl.metrics import best_of_two
-from lrtl.model import CHECKPOINT_FORMAT, build_model, normalize_images
+from lrtl.model import CHECKPOINT_FORMAT, build_model, normalize_images, resize_rgb
 from lrtl.params import Params
 from lrtl.pictures import upsample
 from lrtl.runtime import limit_threads, resolve_device
@@ -278,29 +278,28 @@ def log_row(row: dict[str, Any], iterations: int) -> None:
 class ValidationFrames:
     """Annotated frames of the training sequences with their ground truth (periodic validation)."""
 
-    rgb: list[np.ndarray]  # V frames, uint8 [H, W, 3] at frame-store resolution
-    gt: list[np.ndarray]  # V bool masks [Hg, Wg]
-    names: list[str]  # "<store>:<frame>" of each
+    rgb: np.ndarray  # uint8 [V, h, w, 3], already at the model input size
+    gt: list[np.ndarray]  # V bool masks [Hg, Wg] at their native resolution
 
 
-def load_validation(frames: Sequence[str | os.PathLike], params: ValidateParams) -> ValidationFrames | None:
+def load_validation(
+    frames: Sequence[str | os.PathLike], params: ValidateParams, input_size: Sequence[int]
+) -> ValidationFrames | None:
     """Up to `params.frames` annotated frames spread evenly over the stores; None without ground truth."""
+    if params.every <= 0 or params.frames <= 0:
+        return None
     annotated = []  # (store, row in gt, frame index)
     for path in frames:
         _, gt_index = read_ground_truth(path)
         annotated += [(str(path), row, int(frame)) for row, frame in enumerate(gt_index.tolist())]
-    if params.every <= 0 or params.frames <= 0 or not annotated:
+    if not annotated:
         return None
     picks = np.unique(np.linspace(0, len(annotated) - 1, min(params.frames, len(annotated))).round().astype(int))
     chosen = [annotated[i] for i in picks]
-    rgb, gt = [], []
-    for path in dict.fromkeys(store for store, _, _ in chosen):
-        group = open_store(path, "frames")
-        for store, row, frame in chosen:
-            if store == path:
-                rgb.append(group["rgb"][frame])
-                gt.append(group["gt"][row].astype(bool))
-    return ValidationFrames(rgb, gt, [f"{store}:{frame}" for store, _, frame in chosen])
+    groups = {store: open_store(store, "frames") for store, _, _ in chosen}
+    rgb = [resize_rgb(groups[store]["rgb"][frame][None], input_size)[0] for store, _, frame in chosen]
+    gt = [groups[store]["gt"][row].astype(bool) for store, row, _ in chosen]
+    return ValidationFrames(np.stack(rgb), gt)
 
 
 def validate(model, frames: ValidationFrames, input_size, device, threshold: float) -> float:
@@ -308,15 +307,11 @@ def validate(model, frames: ValidationFrames, input_size, device, threshold: flo
 
     The K masks are merged to 2 without labels (the model's decoder features); leaves the model in train mode.
     """
-    predictor = Predictor(model, input_size, device, batch_size=8)
-    scores = []
     try:
-        for rgb, gt in zip(frames.rgb, frames.gt, strict=True):
-            merged = predictor.predict(rgb[None])["merged"][0]  # [2, h, w]
-            merged_bin = upsample(merged, *gt.shape) > threshold  # [2, Hg, Wg]
-            scores.append(best_of_two(merged_bin, gt)[0])
+        merged = Predictor(model, input_size, device, batch_size=8).predict(frames.rgb)["merged"]  # [V, 2, h, w]
     finally:
         model.train()
+    scores = [best_of_two(upsample(m, *gt.shape) > threshold, gt)[0] for m, gt in zip(merged, frames.gt, strict=True)]
     return float(np.mean(scores))
 
 
@@ -403,7 +398,7 @@ def run_train(
         sum(s.n_frames for s in sequences),
         items.track_size,
     )
-    validation = load_validation(frames, params.validate)
+    validation = load_validation(frames, params.validate, params.model.input_size)
     if validation is not None:
         log.info("validating every %d steps on %d annotated frames", params.validate.every, len(validation.gt))
 
