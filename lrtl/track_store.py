@@ -191,10 +191,8 @@ def read_index(path: Path) -> dict[str, Any]:
         raise StageError(f"{path}: format_version {index['format_version']} differs from "
                          f"{stores.FORMAT_VERSION}; delete the tracks folder and rerun snakemake")
     missing = [key for key in INDEX_KEYS if key not in index]
-    chunks = index.get("chunks")
-    if chunks is None:
-        pass  # already listed as missing
-    elif not isinstance(chunks, list) or not all(isinstance(c, dict) for c in chunks):
+    chunks = index.get("chunks", [])  # absent: already listed as missing
+    if not isinstance(chunks, list) or not all(isinstance(c, dict) for c in chunks):
         missing.append("chunks as a list of objects")
     else:
         missing += sorted({f"chunks[].{key}" for c in chunks for key in CHUNK_KEYS if key not in c})
