@@ -20,8 +20,17 @@ from lrtl.losses import (
     trajectory_matrix,
 )
 
-ROUTES = ("gram", "qr")
 RANK = 5
+
+
+@pytest.fixture(params=["gram", "gram-blas", "qr"])
+def route(request, monkeypatch):
+    """The loss routes; "gram-blas" shrinks the CPU chunk so that these small N take the numpy-BLAS workers
+    (at the default chunk they take the torch route)."""
+    if request.param == "gram-blas":
+        monkeypatch.setattr(losses, "_CPU_GRAM_CHUNK", 256)
+        return "gram"
+    return request.param
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -109,7 +118,6 @@ def test_trajectory_matrix_rows_are_x_then_y():
     assert torch.equal(p[:, 3:], tracks[..., 1])
 
 
-@pytest.mark.parametrize("route", ROUTES)
 def test_single_affine_motion_is_low_rank(route):
     # x_t = A_t X + b_t: every row of the 2C x N matrix is a combination of X, Y and 1, so rank <= 3 <= r.
     # Two independent motions span 3 + 3 = 6 > r = 5 dimensions, so mixing them leaves σ_6 > 0.
@@ -125,7 +133,6 @@ def test_single_affine_motion_is_low_rank(route):
     assert tails[2] > 1e3 * max(tails[0], tails[1])
 
 
-@pytest.mark.parametrize("route", ROUTES)
 def test_permuting_tracks_leaves_loss_unchanged(route):
     traj, weights = _degenerate_cases()["random"]
     perm = torch.randperm(traj.shape[-1], generator=_gen(3))
@@ -134,7 +141,6 @@ def test_permuting_tracks_leaves_loss_unchanged(route):
     torch.testing.assert_close(a, b, rtol=1e-5, atol=0)
 
 
-@pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("case", ["random", "rank8", "repeated", "paired", "masks_near_0_1"])
 def test_routes_match_direct_svdvals(route, case):
     traj, weights = _degenerate_cases()[case]
@@ -147,18 +153,29 @@ def test_routes_match_direct_svdvals(route, case):
     torch.testing.assert_close(loss.double(), expected.mean(), rtol=1e-4, atol=0)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("n_cols", [9_000, 700])
 @pytest.mark.parametrize("dim", [6, 45, 82])
-def test_staircase_gram_equals_the_full_weighted_gram(dim):
-    """Row blocks x column chunks (N spans several chunks, uneven last block) rebuild p diag(w²) pᵀ."""
-    gen = _gen(3)
-    traj = torch.randn(2, dim, 9_000, generator=gen) * 50  # [B, D, N]
-    weights = torch.rand(2, 3, 9_000, generator=gen)  # [B, K, N]
-    p = traj.double()
-    expected = torch.einsum("bdn,bkn,ben->bkde", p, weights.double().square(), p)  # [B, K, D, D]
-    torch.testing.assert_close(losses._weighted_gram(traj, weights), expected, rtol=1e-12, atol=1e-6)
+def test_staircase_gram_equals_the_full_weighted_gram(dim, n_cols, threads, monkeypatch):
+    """Row blocks x column chunks (N spans several chunks, uneven last block) rebuild p diag(w²) pᵀ, on both
+    routes (numpy BLAS workers for N >= one CPU chunk, torch below) and with one or two worker threads."""
+    monkeypatch.setattr(losses, "_TORCH_GRAM_CHUNK", 4096)  # the torch route also spans several chunks
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        gen = _gen(3)
+        traj = torch.randn(3, dim, n_cols, generator=gen) * 50  # [B, D, N]
+        weights = torch.rand(3, 2, n_cols, generator=gen)  # [B, K, N]
+        p = traj.double()
+        expected = torch.einsum("bdn,bkn,ben->bkde", p, weights.double().square(), p)  # [B, K, D, D]
+        torch.testing.assert_close(losses._weighted_gram(traj, weights), expected, rtol=1e-12, atol=1e-6)
+        upper = torch.ones(dim, dim, dtype=torch.bool).triu()
+        for route in (losses._weighted_gram_blas, losses._weighted_gram_torch):
+            torch.testing.assert_close(route(traj, weights)[..., upper], expected[..., upper], rtol=1e-12, atol=1e-6)
+    finally:
+        torch.set_num_threads(old_threads)
 
 
-@pytest.mark.parametrize("route", ROUTES)
 def test_exactly_low_rank_tail_is_round_off(route):
     # rank 4 <= r: the exact tail is zero, so compare in units of σ_1.
     gen = _gen(5)
@@ -169,7 +186,6 @@ def test_exactly_low_rank_tail_is_round_off(route):
     assert ((got - expected).abs() / _sigma1(traj, weights)).max() < 1e-5
 
 
-@pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("case", ["random", "rank8", "repeated", "paired", "masks_near_0_1"])
 def test_gradients_finite_on_degenerate_inputs(route, case):
     traj, weights = _degenerate_cases()[case]
@@ -180,7 +196,6 @@ def test_gradients_finite_on_degenerate_inputs(route, case):
     assert weights.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("route", ROUTES)
 def test_gradients_finite_for_vanishing_singular_values(route):
     gen = _gen(6)
     traj = (torch.randn(1, 82, 3, generator=gen) @ torch.randn(1, 3, 800, generator=gen) * 50).requires_grad_(
@@ -191,7 +206,6 @@ def test_gradients_finite_for_vanishing_singular_values(route):
     assert torch.isfinite(traj.grad).all() and torch.isfinite(weights.grad).all()
 
 
-@pytest.mark.parametrize("route", ROUTES)
 def test_gradients_match_svdvals_autograd(route):
     gen = _gen(7)
     traj = torch.randn(2, 20, 300, generator=gen, dtype=torch.float64) * 10
@@ -204,7 +218,6 @@ def test_gradients_match_svdvals_autograd(route):
     torch.testing.assert_close(t1.grad, t2.grad, rtol=1e-6, atol=1e-9)
 
 
-@pytest.mark.parametrize("route", ROUTES)
 def test_non_finite_input_raises_clear_error(route):
     traj, weights = _degenerate_cases()["random"]
     traj = traj.clone()
