@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -136,6 +138,18 @@ def test_paper_target_dry_run_covers_the_three_table1_datasets(workdir: Path) ->
     assert counts["track_chunk"] == davis_chunks + stv2_chunks + fbms_chunks
     assert counts["make_tables"] == 1
     assert cpu_s < 20, f"paper dry run took {cpu_s:.1f} s of CPU"
+
+    # FBMS59 flows and trains on its own gaps (datasets.fbms59.gaps: 3, 6), the others on the global 1, 2.
+    targets = [f"results/{d}/train/full/model.pt" for d in ("davis2016", "fbms59")]
+    proc = snakemake(workdir, "-n", "-p", *targets, "--configfile", str(REPO / "config.paper.yaml"))
+    commands = re.findall(r"python -m lrtl\.(flow|train) (.*?)>logs/(\w+)/", proc.stdout, flags=re.S)
+    seen = set()
+    for stage, args, dataset in commands:
+        params = json.loads(re.search(r"--params '(\{.*?\})'", args).group(1))
+        gaps = params["gaps"] if stage == "flow" else params["data"]["gaps"]
+        assert gaps == ([3, 6] if dataset == "fbms59" else [1, 2]), (stage, dataset, gaps)
+        seen.add((stage, dataset))
+    assert seen == {(s, d) for s in ("flow", "train") for d in ("davis2016", "fbms59")}
 
 
 def test_empty_sheet_counts_without_the_data_name_the_sheet_and_the_fix(workdir: Path) -> None:

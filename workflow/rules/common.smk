@@ -188,10 +188,19 @@ BACKBONE_KEYS = {
 }
 
 
+def dataset_gaps(dataset):
+    """datasets.<d>.gaps (paper FBMS [3, 6]): the flow gaps of this dataset's training items, or None."""
+    return config["datasets"][dataset]["gaps"]
+
+
 def run_params(wildcards):
-    """The merged hyperparameters of one training run: train.defaults with train.runs.<run> over them."""
+    """The merged hyperparameters of one training run: train.defaults, then the dataset's own gaps (if any),
+    then train.runs.<run>."""
+    gaps = dataset_gaps(wildcards.dataset)
+    per_dataset = {} if gaps is None else {"data": {"gaps": gaps}}
     params = deep_merge(
-        config["train"]["defaults"], config["train"]["runs"][wildcards.run]
+        deep_merge(config["train"]["defaults"], per_dataset),
+        config["train"]["runs"][wildcards.run],
     )
     backbone = params["model"]["backbone"]
     used = BACKBONE_KEYS[backbone["name"]]
@@ -305,6 +314,15 @@ def stage_params(section):
         return json.dumps(active_backend_only(config[section]), sort_keys=True)
 
     return params
+
+
+def flow_params_json(wildcards):
+    """The flow section for one sequence: datasets.<d>.gaps replace flow.gaps where set (lrtl.flow adds gap 1)."""
+    section = active_backend_only(config["flow"])
+    gaps = dataset_gaps(wildcards.dataset)
+    if gaps is not None:
+        section = {**section, "gaps": gaps}
+    return json.dumps(section, sort_keys=True)
 
 
 def train_params_json(wildcards):

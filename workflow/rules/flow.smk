@@ -1,4 +1,5 @@
-# Optical flow: forward and backward for every configured gap (gap 1 always, for the flow-chaining tracker).
+# Optical flow: forward and backward for every configured gap (flow.gaps, or the dataset's own gaps) and gap 1
+# (the flow-chaining tracker, evaluation and the baseline need it).
 
 
 rule compute_flow:
@@ -17,7 +18,7 @@ rule compute_flow:
         runtime=runtime_per_attempt(60),
     params:
         inputs=input_flags,
-        flow=stage_params("flow"),
+        flow=flow_params_json,
     shell:
         """
         python -m lrtl.flow \
