@@ -55,6 +55,21 @@ def config_section(name: str, **overrides: Any) -> dict[str, Any]:
     return _merge(section, overrides, name)
 
 
+def tiny_model(**overrides: Any) -> dict[str, Any]:
+    """config.yaml's train.defaults.model at unit-test size: a two-stage small backbone on 32x48 input."""
+    tiny = {
+        "backbone": {"name": "small", "channels": [8, 16]},
+        "input_size": [32, 48],
+        "hidden": 16,
+        "heads": 2,
+        "decoder_layers": 1,
+        "ffn": 32,
+        "dropout": 0.0,
+        "mask_stride": 2,
+    }
+    return config_section("train.defaults.model", **{**tiny, **overrides})
+
+
 TINY_SYNTHETIC = config_section(
     "synthetic",
     n_sequences=2,

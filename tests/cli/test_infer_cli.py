@@ -10,21 +10,11 @@ from PIL import Image
 from lrtl import stores
 from lrtl.baseline import main as baseline_main
 from lrtl.infer import main as infer_main
-from tests.conftest import config_section
+from tests.conftest import config_section, tiny_model
 
 T, H, W = 6, 40, 56
 
-TINY_MODEL = {
-    "backbone": {"name": "small", "channels": [8, 16]},
-    "k": 4,
-    "input_size": [32, 48],
-    "hidden": 16,
-    "heads": 2,
-    "decoder_layers": 1,
-    "ffn": 32,
-    "dropout": 0.0,
-    "mask_stride": 2,
-}
+TINY_MODEL = tiny_model(k=4)
 INFER = config_section(
     "infer",
     device="cpu",

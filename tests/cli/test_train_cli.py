@@ -10,22 +10,12 @@ import torch
 
 from lrtl import train
 from lrtl.model import load_checkpoint
-from tests.conftest import config_section
+from tests.conftest import config_section, tiny_model
 from tests.unit.test_data import build_training_inputs
 
 PARAMS = config_section(
     "train.defaults",
-    model={
-        "backbone": {"channels": [8, 16], "weights": None, "layers": []},
-        "k": 3,
-        "input_size": [32, 48],
-        "hidden": 16,
-        "heads": 2,
-        "decoder_layers": 1,
-        "ffn": 32,
-        "dropout": 0.1,
-        "mask_stride": 4,
-    },
+    model=tiny_model(k=3, dropout=0.1, mask_stride=4, backbone={"weights": None, "layers": []}),
     data={
         "pair_offset": 3,
         "n_tracks": 64,

@@ -9,19 +9,9 @@ import torch
 from lrtl.backbones import DinoViT, build_backbone
 from lrtl.cli import StageError
 from lrtl.model import build_model, load_checkpoint, normalize_images, resize_rgb
-from tests.conftest import config_section
+from tests.conftest import config_section, tiny_model
 
-TINY = {
-    "backbone": {"name": "small", "channels": [8, 16]},
-    "k": 3,
-    "input_size": [32, 48],
-    "hidden": 16,
-    "heads": 2,
-    "decoder_layers": 1,
-    "ffn": 32,
-    "dropout": 0.0,
-    "mask_stride": 2,
-}
+TINY = tiny_model(k=3)
 
 
 def test_small_model_shapes_and_softmax():
@@ -157,7 +147,7 @@ def _tiny_params():
     return parse_params(
         config_section(
             "train.defaults",
-            model={**TINY, "backbone": {"name": "small", "channels": [8, 16], "weights": None, "layers": []}},
+            model=tiny_model(k=3, backbone={"weights": None, "layers": []}),
             data={
                 "gaps": [1],
                 "pair_offset": 2,
