@@ -178,9 +178,9 @@ def _weighted_gram_torch(traj: torch.Tensor, weights: torch.Tensor) -> torch.Ten
 def _weighted_gram_blas(traj: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Upper staircase of G (see _weighted_gram) on CPU: numpy's BLAS, one batch item per worker thread.
 
-    Each of min(B, torch.get_num_threads()) workers runs single-threaded BLAS on its own batch items with
-    preallocated float64 buffers of _CPU_GRAM_CHUNK columns (fresh arrays of this size would page-fault on
-    every chunk).  On the 2-core AMD machines this project is tested on, this is ~1.6x faster than torch's
+    Each of min(B, torch.get_num_threads()) workers runs single-threaded BLAS on its share of the batch items
+    with its own float64 buffers of _CPU_GRAM_CHUNK columns, allocated once (fresh arrays of this size would
+    page-fault on every chunk).  On the 2-core AMD machines this project is tested on, this is ~1.6x faster than torch's
     matmul for these thin [K*rows, c] @ [c, D] products (benchmarks/losses.py); it holds the job to torch's
     thread count, so `--threads` bounds it too.
     traj: [B, D, N]; weights: [B, K, N]. Returns [B, K, D, D] float64, valid on and above the diagonal.
@@ -197,34 +197,35 @@ def _weighted_gram_blas(traj: torch.Tensor, weights: torch.Tensor) -> torch.Tens
     edges = _staircase_edges(dim, _CPU_GRAM_ROW_BLOCK)
     gram = np.zeros((batch, n_masks, dim, dim))  # float64
 
-    def accumulate(b: int) -> None:
-        chunk = min(_CPU_GRAM_CHUNK, n_cols)
+    chunk = min(_CPU_GRAM_CHUNK, n_cols)
+    workers = max(1, min(batch, torch.get_num_threads()))
+
+    def accumulate(worker: int) -> None:  # batch items worker, worker + workers, ...
         p_buf = np.empty((dim, chunk))  # [D, c] float64 copy of the chunk
         w2_buf = np.empty((n_masks, chunk))  # [K, c] squared weights
         weighted_buf = np.empty(n_masks * dim * chunk)  # [K, rows, c] at most
         block_buf = np.empty(n_masks * dim * dim)  # [K * rows, D - lo] at most
-        for start in range(0, n_cols, chunk):
-            width = min(chunk, n_cols - start)
-            p, w2 = p_buf[:, :width], w2_buf[:, :width]
-            np.copyto(p, p_all[b, :, start : start + width])
-            np.copyto(w2, w_all[b, :, start : start + width])
-            np.multiply(w2, w2, out=w2)
-            for lo, hi in itertools.pairwise(edges):
-                rows = hi - lo
-                weighted = weighted_buf[: n_masks * rows * width].reshape(n_masks, rows, width)
-                np.multiply(p[np.newaxis, lo:hi], w2[:, np.newaxis], out=weighted)
-                block = block_buf[: n_masks * rows * (dim - lo)].reshape(n_masks * rows, dim - lo)
-                np.matmul(weighted.reshape(n_masks * rows, width), p[lo:].T, out=block)
-                gram[b, :, lo:hi, lo:] += block.reshape(n_masks, rows, dim - lo)
+        for b in range(worker, batch, workers):
+            for start in range(0, n_cols, chunk):
+                width = min(chunk, n_cols - start)
+                p, w2 = p_buf[:, :width], w2_buf[:, :width]
+                np.copyto(p, p_all[b, :, start : start + width])
+                np.copyto(w2, w_all[b, :, start : start + width])
+                np.multiply(w2, w2, out=w2)
+                for lo, hi in itertools.pairwise(edges):
+                    rows = hi - lo
+                    weighted = weighted_buf[: n_masks * rows * width].reshape(n_masks, rows, width)
+                    np.multiply(p[np.newaxis, lo:hi], w2[:, np.newaxis], out=weighted)
+                    block = block_buf[: n_masks * rows * (dim - lo)].reshape(n_masks * rows, dim - lo)
+                    np.matmul(weighted.reshape(n_masks * rows, width), p[lo:].T, out=block)
+                    gram[b, :, lo:hi, lo:] += block.reshape(n_masks, rows, dim - lo)
 
-    workers = max(1, min(batch, torch.get_num_threads()))
     with threadpool_limits(1, user_api="blas"):
         if workers == 1:
-            for b in range(batch):
-                accumulate(b)
+            accumulate(0)
         else:
             with ThreadPoolExecutor(workers) as pool:
-                list(pool.map(accumulate, range(batch)))
+                list(pool.map(accumulate, range(workers)))
     return torch.from_numpy(gram)
 
 
