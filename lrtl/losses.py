@@ -146,8 +146,9 @@ def _weighted_gram(traj: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """G[b, k] = p_b diag(w_{b,k}²) p_bᵀ in float64: the "staircase" of row blocks on and above the diagonal.
 
     Row block i of p diag(w²) is multiplied only against rows i.. of p, then G is mirrored (the CPU's 8 row
-    blocks for D = 82 make 36 of 64 block products, 56% of the flops; 4 blocks on accelerators, 62%).  On CPU the products run on numpy's BLAS, one batch item
-    per worker thread (see _weighted_gram_blas); elsewhere, and for N below one CPU chunk, in torch.
+    blocks for D = 82 make 36 of 64 block products, 56% of the flops; 4 blocks on accelerators, 62%).  On CPU
+    the products run on numpy's BLAS, one batch item per worker thread (see _weighted_gram_blas); elsewhere,
+    and for N below one CPU chunk, in torch.
     traj: [B, D, N]; weights: [B, K, N]. Returns [B, K, D, D] float64.
     """
     if traj.device.type == "cpu" and traj.shape[-1] >= _CPU_GRAM_CHUNK:
@@ -196,7 +197,6 @@ def _weighted_gram_blas(traj: torch.Tensor, weights: torch.Tensor) -> torch.Tens
     n_masks = w_all.shape[1]
     edges = _staircase_edges(dim, _CPU_GRAM_ROW_BLOCK)
     gram = np.zeros((batch, n_masks, dim, dim))  # float64
-
     chunk = min(_CPU_GRAM_CHUNK, n_cols)
     workers = max(1, min(batch, torch.get_num_threads()))
 

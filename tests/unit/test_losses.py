@@ -170,8 +170,10 @@ def test_staircase_gram_equals_the_full_weighted_gram(dim, n_cols, threads, monk
         expected = torch.einsum("bdn,bkn,ben->bkde", p, weights.double().square(), p)  # [B, K, D, D]
         torch.testing.assert_close(losses._weighted_gram(traj, weights), expected, rtol=1e-12, atol=1e-6)
         upper = torch.ones(dim, dim, dtype=torch.bool).triu()
-        for route in (losses._weighted_gram_blas, losses._weighted_gram_torch):
-            torch.testing.assert_close(route(traj, weights)[..., upper], expected[..., upper], rtol=1e-12, atol=1e-6)
+        for gram_route in (losses._weighted_gram_blas, losses._weighted_gram_torch):
+            torch.testing.assert_close(
+                gram_route(traj, weights)[..., upper], expected[..., upper], rtol=1e-12, atol=1e-6
+            )
     finally:
         torch.set_num_threads(old_threads)
 

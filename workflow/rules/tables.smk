@@ -1,5 +1,5 @@
-# Tables: paper-style tables from the per-frame metrics of every configured dataset and run, in a folder named
-# after the target datasets (results/tables/<d1+d2...>/), so that runs over other datasets keep their tables.
+# Tables: paper-style tables from the per-frame metrics of every configured dataset and run, in results/tables/ or
+# results/tables/<targets.name>/ (see tables_dir), so that runs over other datasets keep their tables.
 
 
 rule make_tables:
