@@ -48,6 +48,7 @@ rule all:
         all_tracks,
         all_models,
         all_masks,
+        all_pictures,
         all_metrics,
         all_tables,
 
@@ -82,6 +83,11 @@ rule all_models:
 rule all_masks:
     input:
         all_masks,
+
+
+rule all_pictures:
+    input:
+        all_pictures,
 
 
 rule all_metrics:

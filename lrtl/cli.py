@@ -32,14 +32,21 @@ def progress_enabled() -> bool:
 
 
 def json_params(text: str) -> dict[str, Any]:
-    """argparse type for `--params '{...}'`: a JSON object."""
+    """argparse type for `--params '{...}'` and `--settings '{...}'`: a JSON object."""
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
-        raise argparse.ArgumentTypeError(f"--params is not valid JSON ({err}): {text[:200]}") from err
+        raise argparse.ArgumentTypeError(f"not valid JSON ({err}): {text[:200]}") from err
     if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("--params must be a JSON object")
+        raise argparse.ArgumentTypeError(f"must be a JSON object, not {text[:200]}")
     return value
+
+
+def add_settings_argument(parser: argparse.ArgumentParser) -> None:
+    """`--settings JSON`: the section's run settings (lrtl.settings), merged into --params before parsing."""
+    parser.add_argument("--settings", type=json_params, default={},
+                        help="JSON of the section's run settings (device, workers, ...): how the job runs, "
+                             "never what it writes")
 
 
 def run_stage(name: str, body: Callable[[argparse.Namespace], None], parser: argparse.ArgumentParser,

@@ -275,8 +275,11 @@ def load_sequence(
         )
     flows = None
     if params.preload_flow:
-        flows = {signed: loss_flow(flow_group[stores.flow_name(signed)][...], params)
-                 for gap in params.gaps for signed in (gap, -gap)}
+        flows = {}
+        for signed in (signed for gap in params.gaps for signed in (gap, -gap)):
+            field = flow_group[stores.flow_name(signed)][...]  # [T, H, W, 2]
+            stores.check_finite(field, flow, stores.flow_name(signed))
+            flows[signed] = loss_flow(field, params)
     reader = open_tracks(tracks)
     if reader.n_frames != n_frames:
         raise StageError(

@@ -25,9 +25,10 @@ from tqdm import tqdm
 
 from lrtl import stores
 from lrtl.backends import flow_backend
-from lrtl.cli import StageError, json_params, progress_enabled, run_stage
+from lrtl.cli import StageError, add_settings_argument, json_params, progress_enabled, run_stage
 from lrtl.params import Params, require_active_backend
 from lrtl.runtime import limit_threads
+from lrtl.settings import merge_settings
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m lrtl.flow", description=__doc__.split("\n")[0])
     parser.add_argument("--frames", required=True, help="frames store of the sequence")
     parser.add_argument("--params", required=True, type=json_params, help="JSON of the config `flow` section")
+    add_settings_argument(parser)
     parser.add_argument("--weights", help="RAFT state dict (backend raft)")
     parser.add_argument("--ground-truth", help="synthetic ground-truth store (backend oracle)")
     parser.add_argument("--flo-root", help="folder holding Flows_gap{±g}/ (backend flo)")
@@ -196,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     def body(args: argparse.Namespace) -> None:
-        params = FlowParams.from_mapping(args.params, "flow")
+        params = FlowParams.from_mapping(merge_settings(args.params, args.settings), "flow")
         limit_threads(args.threads, torch_too=params.backend == "raft")
         run_flow(frames=args.frames, out=args.out, params=params, weights=args.weights,
                  ground_truth=args.ground_truth, flo_root=args.flo_root)

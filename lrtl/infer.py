@@ -1,7 +1,9 @@
-"""Inference: K soft masks per frame, the label-free merge K -> 2, and pictures (METHOD.md §9 steps 1-2).
+"""Inference: K soft masks per frame and the label-free merge K -> 2 (METHOD.md §9 steps 1-2).
 
-    python -m lrtl.infer --model model.pt --frames F.zarr --params '<json of config infer>' --run NAME \
-        --out masks.zarr --pictures DIR
+    python -m lrtl.infer --model model.pt --frames F.zarr --params '<json of config infer>' \
+        [--settings '<json of its run settings>'] --run NAME --out masks.zarr
+
+Pictures of the masks are their own job (lrtl.pictures).
 
 `Predictor` owns everything between a frames array and masks: resizing to the checkpoint's input size
 (lrtl.model.resize_rgb, shared with training), ImageNet normalisation (lrtl.model.normalize_images),
@@ -37,10 +39,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from lrtl.cli import StageError, json_params, progress_enabled, run_stage
+from lrtl.cli import StageError, add_settings_argument, json_params, progress_enabled, run_stage
 from lrtl.params import Params
-from lrtl.pictures import PicturesParams, write_sequence_pictures
 from lrtl.runtime import resolve_device
+from lrtl.settings import merge_settings
 from lrtl.stores import open_store, read_rgb, write_masks
 
 log = logging.getLogger(__name__)
@@ -58,7 +60,6 @@ class InferParams(Params):
     merge_features: str  # decoder | dino_vits8
     dino_weights: str | None  # local DINO ViT-S/8 weights file (dino_vits8 only); null = random (tests only)
     dino_patch_stride: int  # patch-embedding stride of the merge ViT, pixels (paper 4)
-    pictures: PicturesParams
 
 
 # --------------------------------------------------------------------------- merge (pure functions)
@@ -213,7 +214,6 @@ def run_infer(
     frames: str | Path,
     run: str,
     out: str | Path,
-    pictures: str | Path,
     params: InferParams,
 ) -> None:
     started = time.perf_counter()
@@ -241,7 +241,6 @@ def run_infer(
         seed=_find_key(train_params, "seed"),
         compat=_find_key(train_params, "compat"),
     )
-    write_sequence_pictures(pictures, rgb, result["soft"], result["merged"], params.pictures)
     log.info(
         "%d frames, K=%d -> %s in %.1f s",
         len(rgb),
@@ -272,21 +271,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--params", required=True, type=json_params, help="JSON of the config section `infer`"
     )
+    add_settings_argument(parser)
     parser.add_argument("--run", required=True, help="run name, recorded in the masks store")
     parser.add_argument(
         "--out", required=True, help="masks store to write (soft [T,K,h,w], merged [T,2,h,w])"
     )
-    parser.add_argument("--pictures", required=True, help="folder to write binary PNGs and overlays into")
 
     def body(args: argparse.Namespace) -> None:
-        params = InferParams.from_mapping(args.params, "infer")
+        params = InferParams.from_mapping(merge_settings(args.params, args.settings), "infer")
         log.info("params: %s", params)
         run_infer(
             model=args.model,
             frames=args.frames,
             run=args.run,
             out=args.out,
-            pictures=args.pictures,
             params=params,
         )
 

@@ -1,5 +1,10 @@
 """Pictures to look at: binary masks, overlay contact sheets, animated overlays, K-mask views and bar charts.
 
+    python -m lrtl.pictures --masks masks.zarr --frames F.zarr --params '<json of config infer.pictures>' --out DIR
+
+The picture folder of one sequence is its own CPU job reading the masks store, so that changing a picture
+setting redraws pictures and never reruns inference.
+
 The foreground heuristic used for pictures (never for scores, which take the best of the two merged masks
 against GT, METHOD.md §9.3): of the two merged masks, the foreground is the one that covers the smaller
 fraction of the image border, because background regions usually reach the frame edge and objects usually
@@ -8,6 +13,7 @@ do not. Ties go to the smaller mask.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import logging
 import os
@@ -17,8 +23,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from lrtl.cli import json_params, run_stage
 from lrtl.params import Params
-from lrtl.stores import atomic_path
+from lrtl.stores import atomic_path, read_masks, read_rgb
 
 log = logging.getLogger(__name__)
 
@@ -198,3 +205,23 @@ def bar_chart(
     figure.tight_layout()
     with atomic_path(out) as tmp:
         figure.savefig(tmp, format="png")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m lrtl.pictures", description=__doc__.split("\n")[0])
+    parser.add_argument("--masks", required=True, help="masks store of one sequence (lrtl.infer, lrtl.baseline)")
+    parser.add_argument("--frames", required=True, help="frames store of the sequence")
+    parser.add_argument("--params", required=True, type=json_params, help="JSON of the config section "
+                        "`infer.pictures`")
+    parser.add_argument("--out", required=True, help="picture folder to write")
+
+    def body(args: argparse.Namespace) -> None:
+        params = PicturesParams.from_mapping(args.params, "infer.pictures")
+        soft, merged, _ = read_masks(args.masks)  # [T, K, h, w], [T, 2, h, w]
+        write_sequence_pictures(args.out, read_rgb(args.frames), soft, merged, params)
+
+    run_stage("pictures", body, parser, argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,5 +1,6 @@
 """What a stage runs on and what it loaded: CPU threads, the torch device of a config value, the sha256 of a
-weights file. torch and OpenCV are imported where needed, so a stage that uses neither does not pay for them."""
+weights file, the identity of input files and stores (for resume signatures). torch and OpenCV are imported
+where needed, so a stage that uses neither does not pay for them."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import functools
 import hashlib
 import logging
 import os
+from collections.abc import Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lrtl.cli import StageError
@@ -63,3 +66,30 @@ def _sha256(path: str, size: int, mtime_ns: int) -> str:
         for block in iter(lambda: handle.read(1 << 22), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def input_identity(paths: Iterable[str | os.PathLike | None]) -> dict[str, list[int]]:
+    """{path: [files, bytes, newest mtime_ns, digest]} of every input: a file, or a store folder walked file by
+    file (digest: a hash of every file's relative path, size and mtime). A rebuilt, edited or replaced input
+    gets another identity; reading it costs one stat per file. None entries are skipped.
+
+    A resume state records this and is discarded when it differs (a job never resumes into other inputs).
+    """
+    identity = {}
+    for path in paths:
+        if path is None:
+            continue
+        root = Path(path)
+        if not root.exists():
+            raise StageError(f"{root}: input does not exist; build it first (snakemake {root})")
+        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+        digest = hashlib.sha256()
+        total, newest = 0, 0
+        for file in files:
+            stat = file.stat()
+            total += stat.st_size
+            newest = max(newest, stat.st_mtime_ns)
+            digest.update(f"{file.relative_to(root) if root.is_dir() else ''}\t{stat.st_size}\t"
+                          f"{stat.st_mtime_ns}\n".encode())
+        identity[str(path)] = [len(files), total, newest, int(digest.hexdigest()[:12], 16)]
+    return identity

@@ -134,6 +134,29 @@ def open_store(path: str | os.PathLike, kind: str) -> zarr.Group:
     return group
 
 
+def store_path(group: zarr.Group) -> Path:
+    """The folder of an open local store (for messages)."""
+    return Path(getattr(group.store, "root", str(group.store)))
+
+
+def check_finite(values: np.ndarray, store: str | os.PathLike, array: str, first_frame: int = 0) -> None:
+    """Stop with the store, array, frame and fix when `values` (frames along axis 0) hold NaN or inf.
+
+    Every stage that reads flow, tracks or masks calls this at load, before anything is written from them.
+    """
+    bad = ~np.isfinite(values)
+    if not bad.any():
+        return
+    frames = first_frame + np.flatnonzero(bad.reshape(len(bad), -1).any(axis=1))
+    kind = next((FOLDER_KINDS[part] for part in reversed(Path(store).parts[:-1]) if part in FOLDER_KINDS), None)
+    maker = f"rule {PRODUCERS[kind]}" if kind in PRODUCERS else "the rule that made it"
+    raise StageError(
+        f"{store}: {array} has {int(bad.sum())} non-finite value(s) at frame(s) {frames[:8].tolist()}"
+        f"{' ...' if len(frames) > 8 else ''}; the store is corrupt: rebuild it with {maker} "
+        f"(snakemake --cores 1 --forcerun {str(store)!r}), nothing was written from it"
+    )
+
+
 REQUIRED_ARRAYS = {"frames": ("rgb", "gt", "gt_index"), "masks": ("soft", "merged")}
 
 
@@ -224,7 +247,9 @@ def read_flow(group: zarr.Group, gap: int, frame: int) -> np.ndarray:
         raise StageError(f"{group.store}: no flow for gap {gap} (has {group.attrs['gaps']}); add it to flow.gaps")
     if not 0 <= frame + gap < n_frames or not 0 <= frame < n_frames:
         raise StageError(f"{group.store}: flow {frame} -> {frame + gap} is outside the {n_frames} frames")
-    return group[flow_name(gap)][frame]
+    field = group[flow_name(gap)][frame]  # [H, W, 2]
+    check_finite(field[None], store_path(group), flow_name(gap), frame)
+    return field
 
 
 # --------------------------------------------------------------------------- masks
@@ -242,4 +267,7 @@ def write_masks(out: str | os.PathLike, soft: np.ndarray, merged: np.ndarray, **
 def read_masks(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """(soft float32 [T, K, h, w], merged float32 [T, 2, h, w], attrs)."""
     group = open_store(path, "masks")
-    return group["soft"][...].astype(np.float32), group["merged"][...].astype(np.float32), dict(group.attrs)
+    soft, merged = group["soft"][...].astype(np.float32), group["merged"][...].astype(np.float32)
+    check_finite(soft, path, "soft")
+    check_finite(merged, path, "merged")
+    return soft, merged, dict(group.attrs)

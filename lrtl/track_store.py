@@ -235,7 +235,7 @@ class SequenceTracks:
         if c not in self._open:
             path = self.index_path.parent / self.index["chunks"][c]["path"]
             group = open_chunk(path)
-            self._open[c] = {"tracks": group["tracks"], "vis": group["vis"],
+            self._open[c] = {"path": path, "tracks": group["tracks"], "vis": group["vis"],
                              "n_points": group["n_points"][...], "window_start": group["window_start"][...],
                              "query_xy": group["query_xy"]}
         return self._open[c]
@@ -256,6 +256,11 @@ class SequenceTracks:
             lo = min(max(frames[0] - start, 0), self.window)
             hi = max(min(frames[1] - start, self.window), lo)
         tracks = decode_tracks(chunk["tracks"][i, lo:hi, :n])  # [T, N, 2]
+        if not np.isfinite(tracks).all():
+            bad = int((~np.isfinite(tracks)).sum())
+            raise StageError(f"{chunk['path']}: query frame {q} has {bad} non-finite track value(s); the chunk "
+                             f"is corrupt: rebuild it with rule track_chunk (snakemake --cores 1 --forcerun "
+                             f"{str(chunk['path'])!r})")
         vis = chunk["vis"][i, lo:hi, :n]  # [T, N]
         return tracks, vis, start + lo
 

@@ -29,9 +29,10 @@ from tqdm import tqdm
 
 from lrtl import __version__, stores
 from lrtl.backends import track_backend
-from lrtl.cli import StageError, json_params, progress_enabled, run_stage
+from lrtl.cli import StageError, add_settings_argument, json_params, progress_enabled, run_stage
 from lrtl.params import Params, require_active_backend
-from lrtl.runtime import limit_threads
+from lrtl.runtime import input_identity, limit_threads
+from lrtl.settings import merge_settings, result_params
 from lrtl.track_store import PartialChunk, SequenceTracks, open_chunk, open_sequence_tracks
 
 log = logging.getLogger(__name__)
@@ -163,12 +164,15 @@ def run_chunk(*, frames: str | os.PathLike, chunk: int, params: TracksParams, da
     backend_class = track_backend(params.backend)
     # A backend whose weights the params name only by path (cotracker) adds their identity to the signature.
     identity = getattr(backend_class, "resume_identity", None)
-    signature = {"params": params.to_dict(), "format_version": stores.FORMAT_VERSION, "dataset": dataset,
-                 "sequence": sequence, "chunk": chunk, "n_frames": n_frames, "height": height, "width": width,
+    # A partial store is resumed only into the same job: result params, format, chunk and the identity of every
+    # input store (a flow rebuilt or repaired since the partial store was started makes it stale).
+    signature = {"params": result_params("tracks", params.to_dict()), "format_version": stores.FORMAT_VERSION,
+                 "dataset": dataset, "sequence": sequence, "chunk": chunk, "n_frames": n_frames, "height": height,
+                 "width": width, "inputs": input_identity([frames, flow, ground_truth]),
                  **(identity(params=params, checkpoint=_path(checkpoint)) if identity else {})}
     attrs = {"dataset": dataset, "sequence": sequence, "chunk": chunk, "backend": params.backend,
-             "params": params.to_dict(), "n_frames": n_frames, "height": height, "width": width,
-             "stride": params.stride, "query_frames": queries.tolist(), "lrtl_version": __version__}
+             "params": result_params("tracks", params.to_dict()), "n_frames": n_frames, "height": height,
+             "width": width, "stride": params.stride, "query_frames": queries.tolist(), "lrtl_version": __version__}
     partial = PartialChunk(out, signature=signature, query_frames=queries, window_start=starts,
                            query_xy=query_xy, n_points=n_points, window=window, storage=params.storage,
                            extra_attrs=attrs)
@@ -207,7 +211,7 @@ def run_index(*, frames: str | os.PathLike, chunks: Sequence[str | os.PathLike],
     out = Path(out)
     seen: dict[int, list[str]] = {}
     entries, meta = [], {}
-    expected = stores._jsonable(params.to_dict())
+    expected = stores._jsonable(result_params("tracks", params.to_dict()))
     for path in chunks:
         group = open_chunk(path)
         attrs = dict(group.attrs)
@@ -253,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     chunk.add_argument("--checkpoint", help="co-tracker state dict (backend cotracker)")
     chunk.add_argument("--chunk", required=True, type=int, help="chunk number (0-based)")
     chunk.add_argument("--params", required=True, type=json_params, help="JSON of config section `tracks`")
+    add_settings_argument(chunk)
     chunk.add_argument("--dataset", required=True)
     chunk.add_argument("--sequence", required=True)
     chunk.add_argument("--out", required=True, help="chunk store to write")
@@ -261,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--frames", required=True, help="frames store of the sequence")
     index.add_argument("--chunks", required=True, nargs="+", help="all chunk stores of the sequence")
     index.add_argument("--params", required=True, type=json_params, help="JSON of config section `tracks`")
+    add_settings_argument(index)
     index.add_argument("--out", required=True, help="index.json to write")
     return parser
 
@@ -271,7 +277,7 @@ def parse_params(mapping: dict[str, Any]) -> TracksParams:
 
 def main(argv: Sequence[str] | None = None) -> None:
     def body(args: argparse.Namespace) -> None:
-        params = parse_params(args.params)
+        params = parse_params(merge_settings(args.params, args.settings))
         if args.command == "chunk":
             limit_threads(args.threads, torch_too=params.backend == "cotracker")
             run_chunk(frames=args.frames, chunk=args.chunk, params=params, dataset=args.dataset,

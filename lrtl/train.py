@@ -35,14 +35,15 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from lrtl import __version__, losses
-from lrtl.cli import StageError, json_params, progress_enabled, run_stage
+from lrtl.cli import StageError, add_settings_argument, json_params, progress_enabled, run_stage
 from lrtl.data import DataParams, TrainItems, flatten_batch, load_sequence, make_loader
 from lrtl.infer import Predictor
 from lrtl.metrics import best_of_two
 from lrtl.model import CHECKPOINT_FORMAT, build_model, normalize_images, resize_rgb
 from lrtl.params import Params
 from lrtl.pictures import upsample
-from lrtl.runtime import limit_threads, resolve_device
+from lrtl.runtime import input_identity, limit_threads, resolve_device
+from lrtl.settings import merge_settings, result_params
 from lrtl.stores import atomic_path, open_store, read_ground_truth, write_text
 
 log = logging.getLogger(__name__)
@@ -209,6 +210,27 @@ def save_checkpoint(
     checkpoint.update(extra)
     with atomic_path(path) as tmp:
         torch.save(checkpoint, tmp)
+
+
+def resume_signature(params: TrainParams, inputs: Sequence[str | os.PathLike]) -> dict[str, Any]:
+    """Everything that determines a training run's result: result params (not run settings), the checkpoint
+    format, and the identity of every input store and of the backbone weights."""
+    weights = params.model.backbone.weights if params.model.backbone.name != "small" else None
+    return {
+        "params": result_params("train", params.to_dict()),
+        "format": CHECKPOINT_FORMAT,
+        "inputs": input_identity([*inputs, weights]),
+    }
+
+
+def signature_difference(recorded: dict[str, Any] | None, signature: dict[str, Any]) -> list[str]:
+    """The parts of a signature that differ ([] = the same job); a state without one differs in everything."""
+    if recorded is None:
+        return ["signature (none recorded)"]
+    changed = [key for key in signature if key != "inputs" and recorded.get(key) != signature[key]]
+    old, new = recorded.get("inputs", {}), signature["inputs"]
+    changed += [f"input {path}" for path in sorted(set(old) | set(new)) if old.get(path) != new.get(path)]
+    return changed
 
 
 def read_metrics(path: Path, up_to_step: int | None = None) -> list[dict[str, Any]]:
@@ -414,13 +436,16 @@ def run_train(
         device,
     )
 
-    # resume from the state dir when its checkpoint was written with the same params
+    # resume from the state dir only when its checkpoint was written by this exact job: the same result params,
+    # checkpoint format and inputs (a finished job removes its state, so a rerun never resumes a final model)
     step = 0
     best_val: dict[str, Any] | None = None  # {"step", "val_j"} of the best validation so far
     last, live_metrics, best_state = state_dir / "last.pt", state_dir / "metrics.jsonl", state_dir / "best.pt"
+    signature = resume_signature(params, [*frames, *flow, *tracks])
     if last.is_file():
         state = torch.load(last, map_location="cpu", weights_only=False)
-        if state.get("params") == params.to_dict() and state.get("format") == CHECKPOINT_FORMAT:
+        stale = signature_difference(state.get("resume_signature"), signature)
+        if not stale:
             model.load_state_dict(state["model"], strict=False)
             optimizer.load_state_dict(state["optimizer"])
             torch.set_rng_state(state["torch_rng"])
@@ -430,7 +455,9 @@ def run_train(
             best_val = state.get("validation_best")
             log.info("resumed from %s at step %d", last, step)
         else:
-            log.warning("%s was written with other params; starting from step 0", last)
+            log.warning("%s belongs to another job (different %s); discarding it and starting from step 0",
+                        last, ", ".join(stale))
+            best_state.unlink(missing_ok=True)
     # the live log keeps the lines up to the resumed step (a killed run may have logged beyond its checkpoint)
     rows = read_metrics(live_metrics, up_to_step=step) if step else []
     write_text(live_metrics, "".join(json.dumps(row) + "\n" for row in rows))
@@ -494,7 +521,8 @@ def run_train(
                     save_checkpoint(best_state, model, params, step, selected_on=SELECTED_ON_GT, val_j=val_j)
                 tic = time.perf_counter()  # validation time is not training time
             if step % params.checkpoint_every == 0 or step == params.iterations:
-                save_checkpoint(last, model, params, step, optimizer, validation_best=best_val)
+                save_checkpoint(last, model, params, step, optimizer, validation_best=best_val,
+                                resume_signature=signature)
     progress.close()
 
     # final artefacts: model.pt, best.pt, the metrics log and the curve, each written atomically
@@ -515,6 +543,7 @@ def run_train(
             save_checkpoint(Path(best), model, params, step, selected_on="last step (no ground truth to validate on)")
     write_text(metrics, "".join(json.dumps(row) + "\n" for row in rows))
     write_curve(rows, curve, f"{params.model.backbone.name}, K={params.model.k}, {step} steps")
+    shutil.rmtree(state_dir)  # finished: the state is never resumed into another job
     log.info(
         "wrote %s after %d steps in %.1f s (%s)",
         out,
@@ -539,6 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--params", type=json_params, required=True, help="JSON of the run's merged train section"
     )
+    add_settings_argument(parser)
     parser.add_argument("--state-dir", required=True, help="resume state folder (not a declared output)")
     parser.add_argument("--out", required=True, help="final checkpoint (model.pt)")
     parser.add_argument("--metrics", required=True, help="metrics log to write (jsonl)")
@@ -564,7 +594,7 @@ def apply_determinism(params: TrainParams) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     def body(args: argparse.Namespace) -> None:
-        params = parse_params(args.params)
+        params = parse_params(merge_settings(args.params, args.settings))
         limit_threads(args.threads, torch_too=True)
         apply_determinism(params)
         run_train(

@@ -80,6 +80,7 @@ class FlowChainTracker:
                              f"frames store {inputs.n_frames} of {inputs.width}x{inputs.height}; "
                              f"rerun the flow stage")
         self.flows = {1: group["forward_1"], -1: group["backward_1"]}
+        self.flow_path = inputs.flow
         self.width, self.height = inputs.width, inputs.height
         self.flow_reads = 0
         self._pool = ThreadPoolExecutor(max_workers=1)  # one flow pair read ahead: memory stays 2 pairs
@@ -87,7 +88,10 @@ class FlowChainTracker:
     def _flow_pair(self, frame: int, step: int) -> tuple[np.ndarray, np.ndarray]:
         """Flow frame -> frame+step and frame+step -> frame, float32 [H, W, 2] each."""
         self.flow_reads += 2
-        return self.flows[step][frame], self.flows[-step][frame + step]
+        flow, back = self.flows[step][frame], self.flows[-step][frame + step]  # [H, W, 2] each
+        stores.check_finite(flow[None], self.flow_path, stores.flow_name(step), frame)
+        stores.check_finite(back[None], self.flow_path, stores.flow_name(-step), frame + step)
+        return flow, back
 
     def track(self, query_frame: int, query_xy: np.ndarray, window_start: int, window_len: int
               ) -> tuple[np.ndarray, np.ndarray]:

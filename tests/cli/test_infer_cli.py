@@ -10,12 +10,13 @@ from PIL import Image
 from lrtl import stores
 from lrtl.baseline import main as baseline_main
 from lrtl.infer import main as infer_main
+from lrtl.pictures import main as pictures_main
 from tests.conftest import config_section, tiny_model
 
 T, H, W = 6, 40, 56
 
 TINY_MODEL = tiny_model(k=4)
-INFER = config_section(
+_INFER = config_section(
     "infer",
     device="cpu",
     batch_size=4,
@@ -23,6 +24,8 @@ INFER = config_section(
     dino_weights=None,
     pictures={"thumb_width": 40, "sheet_columns": 3, "sheet_max_frames": 4, "gif_fps": 5.0},
 )
+PICTURES = _INFER["pictures"]
+INFER = {key: value for key, value in _INFER.items() if key != "pictures"}  # the infer rule's params
 
 
 def square_masks(n_frames=T, height=H, width=W, speed=3):
@@ -74,14 +77,22 @@ def run_infer(sequence, checkpoint, params, name):
             "--params", json.dumps(params),
             "--run", name,
             "--out", str(out),
-            "--pictures", str(pictures),
         ]
     )  # fmt: skip
     return out, pictures
 
 
-def test_infer_writes_masks_and_pictures(sequence, checkpoint):
+def draw_pictures(sequence, masks, pictures):
+    pictures_main(
+        ["--masks", str(masks), "--frames", str(sequence["frames"]), "--params", json.dumps(PICTURES),
+         "--out", str(pictures)]
+    )
+
+
+def test_infer_writes_masks_and_pictures_draws_them(sequence, checkpoint):
     out, pictures = run_infer(sequence, checkpoint, INFER, "full")
+    assert not pictures.exists()  # inference writes only the masks store
+    draw_pictures(sequence, out, pictures)
     attrs = stores.validate(out)
     soft, merged, attrs = stores.read_masks(out)
     assert soft.shape == (T, 4, 32, 48) and merged.shape == (T, 2, 32, 48)
@@ -127,6 +138,32 @@ def test_infer_dino_merge_with_random_weights(sequence, checkpoint):
 def test_infer_rejects_unknown_param(sequence, checkpoint):
     with pytest.raises(SystemExit):
         run_infer(sequence, checkpoint, dict(INFER, batchsize=2), "typo")
+
+
+def test_infer_run_settings_apart_from_params_give_the_same_masks(sequence, checkpoint):
+    out, _ = run_infer(sequence, checkpoint, INFER, "whole")
+    result = {key: value for key, value in INFER.items() if key not in ("device", "batch_size")}
+    split = sequence["root"] / "split.zarr"
+    infer_main(["--model", str(checkpoint), "--frames", str(sequence["frames"]), "--params", json.dumps(result),
+                "--settings", json.dumps({"device": "cpu", "batch_size": 1}), "--run", "split", "--out", str(split)])
+    # the same masks up to float summation order (batch 1 vs 4) and one float16 step of the store
+    np.testing.assert_allclose(stores.read_masks(out)[0], stores.read_masks(split)[0], atol=5e-4)
+    with pytest.raises(SystemExit):  # a key given twice is refused
+        infer_main(["--model", str(checkpoint), "--frames", str(sequence["frames"]), "--params", json.dumps(INFER),
+                    "--settings", json.dumps({"batch_size": 1}), "--run", "twice", "--out", str(split) + "2"])
+
+
+def test_non_finite_masks_stop_the_pictures_naming_the_store(sequence, checkpoint, capsys):
+    out, pictures = run_infer(sequence, checkpoint, INFER, "nan")
+    import zarr
+
+    soft = zarr.open_group(str(out), mode="r+")["soft"]
+    soft[2, 1, 3, 4] = np.nan
+    with pytest.raises(SystemExit):
+        draw_pictures(sequence, out, pictures)
+    err = capsys.readouterr().err
+    assert str(out) in err and "frame(s) [2]" in err and "soft" in err
+    assert not pictures.exists()
 
 
 def test_baseline_finds_the_moving_square_under_camera_motion(sequence):

@@ -255,3 +255,109 @@ def test_dino_backbone_trains_frozen_and_is_not_checkpointed(inputs, tmp_path):
     model, cfg = load_checkpoint(tmp_path / "run" / "model.pt")
     assert cfg["backbone"]["name"] == "dino_vitb8"
     assert model(torch.randn(1, 3, 32, 48)).logits.shape == (1, 3, 32, 48)
+
+
+def copy_inputs(inputs, root):
+    """A private copy of the flow and tracks stores (frames stay shared, read-only) that a test may change."""
+    import shutil
+    from pathlib import Path
+
+    source = Path(inputs["flow"][0]).parents[1]  # build_training_inputs writes flow/ and tracks/ under one root
+    for folder in ("flow", "tracks"):
+        shutil.copytree(source / folder, root / folder)
+    return {
+        "frames": list(inputs["frames"]),
+        "flow": [str(root / "flow" / Path(path).name) for path in inputs["flow"]],
+        "tracks": [str(root / "tracks" / Path(path).parent.name / "index.json") for path in inputs["tracks"]],
+    }
+
+
+def scale_flow(path, factor):
+    """Scale every flow field of a flow store in place (the store is rewritten, its identity changes)."""
+    import zarr
+
+    group = zarr.open_group(path, mode="r+")
+    for name in group.array_keys():
+        group[name][...] = group[name][...] * factor
+
+
+def weights_equal(a, b):
+    first, second = torch.load(a, weights_only=False)["model"], torch.load(b, weights_only=False)["model"]
+    return all(torch.equal(first[name], second[name]) for name in first)
+
+
+def test_a_finished_run_leaves_no_resume_state_and_retrains_changed_inputs(inputs, first_run, tmp_path, capfd):
+    changed = copy_inputs(inputs, tmp_path / "inputs")
+    run(changed, tmp_path)
+    assert not (tmp_path / "run.state").exists()  # a finished job removes its resume state
+    assert weights_equal(tmp_path / "run" / "model.pt", first_run[0] / "run" / "model.pt")
+    for flow in changed["flow"]:
+        scale_flow(flow, 1.5)  # an input changes after the finished run
+    capfd.readouterr()
+    rows = loss_rows(run(changed, tmp_path))
+    assert "resumed" not in capfd.readouterr().err
+    assert [row["step"] for row in rows] == [1, 2, 3, 4]
+    assert not weights_equal(tmp_path / "run" / "model.pt", first_run[0] / "run" / "model.pt")
+
+
+def test_a_killed_run_never_resumes_into_changed_inputs(inputs, tmp_path, monkeypatch, capfd):
+    changed = copy_inputs(inputs, tmp_path / "inputs")
+    real_loader = train.make_loader
+
+    def dying_loader(*args, **kwargs):
+        def batches():
+            for index, batch in enumerate(real_loader(*args, **kwargs)):
+                if index == 3:
+                    raise KeyboardInterrupt  # killed after the step-2 checkpoint
+                yield batch
+
+        return batches()
+
+    monkeypatch.setattr(train, "make_loader", dying_loader)
+    with pytest.raises(KeyboardInterrupt):
+        run(changed, tmp_path / "killed")
+    assert (tmp_path / "killed" / "run.state" / "last.pt").is_file()
+    monkeypatch.setattr(train, "make_loader", real_loader)
+    scale_flow(changed["flow"][1], 0.5)
+    capfd.readouterr()
+    run(changed, tmp_path / "killed")
+    err = capfd.readouterr().err
+    assert "resumed from" not in err and "belongs to another job" in err and changed["flow"][1] in err
+    run(changed, tmp_path / "clean")  # the same inputs from scratch: the restarted run equals it
+    assert weights_equal(tmp_path / "killed" / "run" / "model.pt", tmp_path / "clean" / "run" / "model.pt")
+
+
+def test_run_settings_never_restart_a_killed_run(inputs, first_run, tmp_path, monkeypatch, capfd):
+    real_loader = train.make_loader
+
+    def dying_loader(*args, **kwargs):
+        def batches():
+            for index, batch in enumerate(real_loader(*args, **kwargs)):
+                if index == 3:
+                    raise KeyboardInterrupt
+                yield batch
+
+        return batches()
+
+    monkeypatch.setattr(train, "make_loader", dying_loader)
+    with pytest.raises(KeyboardInterrupt):
+        run(inputs, tmp_path)
+    monkeypatch.setattr(train, "make_loader", real_loader)
+    params = copy.deepcopy(PARAMS)
+    params["data"].update(workers=1, cache_queries=8, preload_flow=False)  # run settings, not results
+    capfd.readouterr()
+    rows = loss_rows(run(inputs, tmp_path, params))
+    assert "resumed from" in capfd.readouterr().err
+    assert rows[-1]["loss"] == loss_rows(first_run[1])[-1]["loss"]
+
+
+def test_non_finite_flow_stops_training_naming_the_store_and_frame(inputs, tmp_path, capfd):
+    import zarr
+
+    changed = copy_inputs(inputs, tmp_path / "inputs")
+    zarr.open_group(changed["flow"][1], mode="r+")["backward_2"][5, 3, 4, 0] = float("nan")
+    with pytest.raises(SystemExit):
+        run(changed, tmp_path)
+    err = capfd.readouterr().err
+    assert changed["flow"][1] in err and "backward_2" in err and "frame(s) [5]" in err
+    assert not (tmp_path / "run" / "model.pt").exists()

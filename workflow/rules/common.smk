@@ -11,6 +11,7 @@ from snakemake.utils import validate
 
 import lrtl.datasets
 from lrtl.cli import StageError
+from lrtl.settings import split_settings
 import lrtl.stores
 import lrtl.synthetic
 
@@ -152,7 +153,7 @@ SEQUENCES = load_sequences()
 wildcard_constraints:
     dataset="|".join(config["datasets"]),
     run="|".join(PIPELINE_RUNS + [BASELINE_RUN]),
-    sequence="[^/]+",
+    sequence=r"[^/]+(?<!\.zarr)",  # a picture folder {sequence}/ never swallows a store {sequence}.zarr
     chunk=r"\d{3}",
     resolution=r"[^/]+",
 
@@ -307,13 +308,34 @@ def active_backend_only(section):
     }
 
 
-def stage_params(section):
-    """A params callable giving the JSON of one config section (literal braces would read as wildcards)."""
+def stage_params(stage):
+    """A params callable giving the JSON of a stage's result params: its config section without the run
+    settings (lrtl.settings), so that only what changes the result reruns the job. infer.pictures belongs to
+    the draw_pictures rule."""
 
     def params(wildcards):
-        return json.dumps(active_backend_only(config[section]), sort_keys=True)
+        section = active_backend_only(config[stage])
+        if stage == "infer":
+            section = {k: v for k, v in section.items() if k != "pictures"}
+        return json.dumps(split_settings(stage, section)[0], sort_keys=True)
 
     return params
+
+
+def stage_settings(stage):
+    """A params callable giving the JSON of a stage's run settings (device, workers, memory-only batch sizes).
+
+    It takes `resources`, which makes it a derived param for Snakemake: derived params are not compared
+    between runs (only input, code and non-derived params are), so changing a run setting reruns nothing.
+    tests/workflow/test_e2e.py checks that for every run setting.
+    """
+
+    def settings(wildcards, resources):
+        return json.dumps(
+            split_settings(stage, active_backend_only(config[stage]))[1], sort_keys=True
+        )
+
+    return settings
 
 
 def flow_params_json(wildcards):
@@ -322,11 +344,16 @@ def flow_params_json(wildcards):
     gaps = dataset_gaps(wildcards.dataset)
     if gaps is not None:
         section = {**section, "gaps": gaps}
-    return json.dumps(section, sort_keys=True)
+    return json.dumps(split_settings("flow", section)[0], sort_keys=True)
 
 
 def train_params_json(wildcards):
-    return json.dumps(run_params(wildcards), sort_keys=True)
+    return json.dumps(split_settings("train", run_params(wildcards))[0], sort_keys=True)
+
+
+def train_settings_json(wildcards, resources):
+    """The run settings of one training run (a derived param: see stage_settings)."""
+    return json.dumps(split_settings("train", run_params(wildcards))[1], sort_keys=True)
 
 
 def tables_params_json(wildcards):
@@ -394,6 +421,15 @@ def all_masks(wildcards=None):
     ]
 
 
+def all_pictures(wildcards=None):
+    return [
+        f"results/{d}/masks/{r}/{s}"
+        for d in config["targets"]["datasets"]
+        for r in evaluated_runs()
+        for s in sequences_of(d, "eval_splits")
+    ]
+
+
 def all_metrics(wildcards=None):
     return [
         f"results/{d}/metrics/{r}/{s}.tsv"
@@ -448,6 +484,7 @@ localrules:
     all_tracks,
     all_models,
     all_masks,
+    all_pictures,
     all_metrics,
 
 

@@ -19,11 +19,13 @@ rule compute_flow:
     params:
         inputs=input_flags,
         flow=flow_params_json,
+        settings=stage_settings("flow"),
     shell:
         """
         python -m lrtl.flow \
             {params.inputs} \
             --params {params.flow:q} \
+            --settings {params.settings:q} \
             --threads {threads} \
             --out {output:q} \
             >{log:q} 2>&1

@@ -1,12 +1,12 @@
-# Masks: the trained model's K soft masks merged to 2 per frame, and the no-learning baseline from flow.
+# Masks: the trained model's K soft masks merged to 2 per frame, the no-learning baseline from flow, and the
+# pictures of every masks store (a CPU job of its own, so that picture settings never rerun inference).
 
 
 rule infer_masks:
     input:
         unpack(infer_inputs),
     output:
-        masks=directory("results/{dataset}/masks/{run}/{sequence}.zarr"),
-        pictures=directory("results/{dataset}/masks/{run}/{sequence}"),
+        directory("results/{dataset}/masks/{run}/{sequence}.zarr"),
     log:
         "logs/{dataset}/masks/{run}/{sequence}.log",
     benchmark:
@@ -20,6 +20,7 @@ rule infer_masks:
         runtime=runtime_per_attempt(60),
     params:
         infer=stage_params("infer"),
+        settings=stage_settings("infer"),
     shell:
         """
         python -m lrtl.infer \
@@ -27,8 +28,8 @@ rule infer_masks:
             --frames {input.frames:q} \
             --run {wildcards.run:q} \
             --params {params.infer:q} \
-            --out {output.masks:q} \
-            --pictures {output.pictures:q} \
+            --settings {params.settings:q} \
+            --out {output:q} \
             >{log:q} 2>&1
         """
 
@@ -49,6 +50,27 @@ rule baseline_masks:
             --frames {input.frames:q} \
             --flow {input.flow:q} \
             --params {params.baseline:q} \
+            --out {output:q} \
+            >{log:q} 2>&1
+        """
+
+
+rule draw_pictures:
+    input:
+        masks="results/{dataset}/masks/{run}/{sequence}.zarr",
+        frames="results/{dataset}/frames/{sequence}.zarr",
+    output:
+        directory("results/{dataset}/masks/{run}/{sequence}"),
+    log:
+        "logs/{dataset}/masks/{run}/{sequence}.pictures.log",
+    params:
+        pictures=lambda wildcards: json.dumps(config["infer"]["pictures"], sort_keys=True),
+    shell:
+        """
+        python -m lrtl.pictures \
+            --masks {input.masks:q} \
+            --frames {input.frames:q} \
+            --params {params.pictures:q} \
             --out {output:q} \
             >{log:q} 2>&1
         """

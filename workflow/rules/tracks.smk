@@ -18,6 +18,7 @@ rule track_chunk:
     params:
         inputs=input_flags,
         tracks=stage_params("tracks"),
+        settings=stage_settings("tracks"),
     shell:
         """
         python -m lrtl.tracks chunk \
@@ -26,6 +27,7 @@ rule track_chunk:
             --dataset {wildcards.dataset:q} \
             --sequence {wildcards.sequence:q} \
             --params {params.tracks:q} \
+            --settings {params.settings:q} \
             --out {output:q} \
             --threads {threads} \
             >{log:q} 2>&1
@@ -42,12 +44,14 @@ rule index_tracks:
         "logs/{dataset}/tracks/{sequence}/index.log",
     params:
         tracks=stage_params("tracks"),
+        settings=stage_settings("tracks"),
     shell:
         """
         python -m lrtl.tracks index \
             --frames {input.frames:q} \
             --chunks {input.chunks:q} \
             --params {params.tracks:q} \
+            --settings {params.settings:q} \
             --out {output:q} \
             >{log:q} 2>&1
         """

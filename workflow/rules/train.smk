@@ -22,6 +22,7 @@ rule train_model:
         runtime=runtime_per_attempt(240),
     params:
         train=train_params_json,
+        settings=train_settings_json,
         state_dir="results/{dataset}/train/{run}.state",
     shell:
         """
@@ -30,6 +31,7 @@ rule train_model:
             --flow {input.flow:q} \
             --tracks {input.tracks:q} \
             --params {params.train:q} \
+            --settings {params.settings:q} \
             --state-dir {params.state_dir:q} \
             --out {output.model:q} \
             --metrics {output.metrics:q} \
