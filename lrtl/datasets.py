@@ -126,15 +126,21 @@ def _sequence_images(root: Path, layout: str, resolution: str) -> dict[str, Path
     if not base.is_dir():
         raise StageError(f"{base}: image folder not found; {_expected(layout)}")
     out = {}
+    empty = []
     for entry in sorted(base.iterdir()):
         if entry.name.startswith("."):
             continue
         if entry.is_dir() and image_files(entry):
             out[entry.name] = entry
+        elif entry.is_dir():
+            empty.append(entry)
         elif layout == "folder" and entry.is_file() and is_video(entry):
             if entry.stem in out:
                 raise StageError(f"{entry}: sequence name {entry.stem!r} is used twice in {base}")
             out[entry.stem] = entry
+    if empty:
+        raise StageError(f"{', '.join(map(str, empty))}: sequence folder(s) with no image files "
+                         f"({', '.join(IMAGE_EXTS)}); put the frames there or move the folder out of {base}")
     return out
 
 

@@ -1,11 +1,11 @@
 # Config validation, sequence sheets, wildcard constraints, and every function the rules call.
 import copy
-import hashlib
 import json
 import math
 import shlex
 
 import pandas as pd
+import yaml
 
 from snakemake.utils import validate
 
@@ -15,7 +15,43 @@ from lrtl.settings import split_settings
 import lrtl.stores
 import lrtl.synthetic
 
-validate(config, "../schemas/config.schema.yaml")
+CONFIG_SCHEMA = os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml")
+
+
+def schema_types(schema):
+    kinds = schema.get("type", [])
+    return {kinds} if isinstance(kinds, str) else set(kinds)
+
+
+def typed_config_values(value, schema):
+    """`--config key={a: {b: 100}}` arrives with every nested scalar a string (Snakemake reads nested values
+    with YAML's BaseLoader): read each string again as YAML where the schema wants no string there."""
+    if isinstance(value, dict):
+        extra = schema.get("additionalProperties")
+        properties = schema.get("properties", {})
+        return {
+            key: typed_config_values(
+                item, properties.get(key, extra if isinstance(extra, dict) else {})
+            )
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [typed_config_values(item, schema.get("items", {})) for item in value]
+    kinds = schema_types(schema)
+    if isinstance(value, str) and kinds and "string" not in kinds:
+        parsed = yaml.safe_load(value)
+        if isinstance(parsed, str) and "number" in kinds:  # YAML 1.1 reads 1e-3 as a string
+            try:
+                return float(parsed)
+            except ValueError:
+                pass
+        return parsed
+    return value
+
+
+with open(CONFIG_SCHEMA) as handle:
+    config.update(typed_config_values(config, yaml.safe_load(handle)))
+validate(config, CONFIG_SCHEMA)
 
 PIPELINE_RUNS = list(config["train"]["runs"])
 BASELINE_RUN = "baseline"
@@ -137,13 +173,21 @@ def check_splits(name, rows):
 def load_sequences():
     """dataset -> {sequence: row}, restricted to `only_sequences` when it is not empty."""
     only = set(config["only_sequences"])
-    sequences = {}
+    sequences, known = {}, set()
     for name in config["targets"]["datasets"]:
         rows = dataset_rows(name)
         check_splits(name, rows)
+        known |= {r["sequence"] for r in rows}
         sequences[name] = {
             r["sequence"]: r for r in rows if not only or r["sequence"] in only
         }
+    unknown = sorted(only - known)
+    if unknown:
+        raise ValueError(
+            f"only_sequences: {', '.join(unknown)} not among the sequences of "
+            f"{', '.join(config['targets']['datasets'])} ({', '.join(sorted(known)[:12])}"
+            f"{' ...' if len(known) > 12 else ''})"
+        )
     return sequences
 
 
@@ -214,13 +258,42 @@ def run_params(wildcards):
 # ----------------------------------------------------------------------------- rule inputs
 
 
-def raw_inputs(wildcards):
+def raw_sources(wildcards):
     """The raw image folder (or video) and annotation folder of one sequence, as lrtl.datasets names them."""
     spec = config["datasets"][wildcards.dataset]
     sources = lrtl.datasets.sequence_sources(
         spec["root"], spec["layout"], spec["resolution"], wildcards.sequence
     )
     return {name: str(path) for name, path in sources.items() if path is not None}
+
+
+def files_of(path):
+    """A file, or every (non-hidden) file under a folder, sorted."""
+    if not os.path.isdir(path):
+        return [path]
+    return sorted(
+        os.path.join(folder, name)
+        for folder, _, names in os.walk(path)
+        for name in names
+        if not name.startswith(".")
+    )
+
+
+def raw_inputs(wildcards):
+    """The inputs of prepare_frames: every file of the raw folders, so that replacing one frame reruns the
+    sequence (a folder's own time stamp does not change when a file in it is replaced). Synthetic folders are
+    the outputs of make_synthetic and stay folders."""
+    sources = raw_sources(wildcards)
+    if config["datasets"][wildcards.dataset]["layout"] == "synthetic":
+        return sources
+    return {name: files_of(path) for name, path in sources.items()}
+
+
+def raw_flags(wildcards):
+    """`--images FOLDER [--annotations FOLDER]` of one sequence (the folders whose files raw_inputs lists)."""
+    return " ".join(
+        f"--{name} {shlex.quote(path)}" for name, path in raw_sources(wildcards).items()
+    )
 
 
 def ground_truth_store(wildcards):
@@ -442,25 +515,59 @@ def all_metrics(wildcards=None):
 def tables_dir():
     """Where make_tables writes: results/tables/ for the default run, results/tables/<targets.name>/ otherwise.
 
-    A run restricted by only_sequences writes beside them, under a folder that says so (a short hash beyond 3
-    sequences), e.g. results/tables/only-synth-000. lrtl.tables refuses to overwrite tables of other datasets.
+    A run restricted by only_sequences writes beside them, under a folder that names its sequences, e.g.
+    results/tables/only-synth-000+synth-001; a list too long for a folder name needs targets.name (the folder is
+    then that name alone).
     """
-    parts = [config["targets"]["name"]] if config["targets"]["name"] else []
+    name = config["targets"]["name"]
     only = sorted(config["only_sequences"])
-    if only and len(only) <= 3:
-        parts.append("only-" + "+".join(only))
-    elif only:
-        digest = hashlib.sha1("\n".join(only).encode()).hexdigest()[:8]
-        parts.append(f"only-{len(only)}-{digest}")
+    parts = [name] if name else []
+    subset = "only-" + "+".join(only)
+    if only and len(subset) <= 120:
+        parts.append(subset)
+    elif only and not name:
+        raise ValueError(
+            f"only_sequences lists {len(only)} sequences, too many to name a tables folder after them; "
+            f"name it with targets.name (e.g. --config targets.name=my-subset)"
+        )
     return os.path.join("results", "tables", *(["--".join(parts)] if parts else []))
 
 
 TABLES_DIR = tables_dir()
 
 
+def check_tables_dir():
+    """A tables folder holds the tables of one set of datasets (its .targets.json says which): stop before
+    Snakemake replaces them with the tables of other datasets."""
+    record = os.path.join(TABLES_DIR, ".targets.json")
+    if not os.path.isfile(record):
+        return
+    with open(record) as handle:
+        previous = json.load(handle).get("datasets", [])
+    wanted = config["targets"]["datasets"]
+    if sorted(previous) != sorted(wanted):
+        raise ValueError(
+            f"{TABLES_DIR} holds the tables of datasets {', '.join(previous)} ({record}); this run's datasets "
+            f"are {', '.join(wanted)}. Give this run its own tables folder with targets.name (e.g. --config "
+            f"targets.name={'+'.join(wanted)}), or delete {TABLES_DIR} to replace them"
+        )
+
+
+check_tables_dir()
+
+
 def table_files(stem):
     """The .md, .csv and .tex files of one table in TABLES_DIR."""
     return [f"{TABLES_DIR}/{stem}.{ext}" for ext in ("md", "csv", "tex")]
+
+
+def per_dataset_table_files():
+    """Per target dataset: the per-sequence and official-measures tables and the per-sequence bar chart."""
+    files = []
+    for d in config["targets"]["datasets"]:
+        files += table_files(f"per-sequence-{d}") + table_files(f"measures-{d}")
+        files.append(f"{TABLES_DIR}/per-sequence-{d}.png")
+    return files
 
 
 def ablation_files():
@@ -473,7 +580,12 @@ def ablation_files():
 
 
 def all_tables(wildcards=None):
-    return [f"{TABLES_DIR}/summary.md", *table_files("table1"), *ablation_files()]
+    return [
+        f"{TABLES_DIR}/summary.md",
+        *table_files("table1"),
+        *ablation_files(),
+        *per_dataset_table_files(),
+    ]
 
 
 localrules:

@@ -9,7 +9,7 @@ rule prepare_frames:
     log:
         "logs/{dataset}/frames/{sequence}.log",
     params:
-        inputs=input_flags,
+        inputs=raw_flags,
         layout=lambda wildcards: config["datasets"][wildcards.dataset]["layout"],
         frames=stage_params("frames"),
     shell:

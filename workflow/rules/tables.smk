@@ -9,6 +9,8 @@ rule make_tables:
         summary=f"{TABLES_DIR}/summary.md",
         table1=table_files("table1"),
         ablations=ablation_files(),
+        per_dataset=per_dataset_table_files(),
+        record=f"{TABLES_DIR}/.targets.json",
     log:
         TABLES_DIR.replace("results/", "logs/", 1) + ".log",
     params:
