@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shlex
 import shutil
 from pathlib import Path
 
@@ -72,6 +73,83 @@ def test_one_chunk_target_is_exactly_one_job_with_its_command(finished_run: Path
     assert "--chunk 000" in proc.stdout
 
 
+RUN_SETTINGS = {  # each edit changes how jobs run, never what they write: nothing to do
+    "train: {defaults: {data: {workers: 0}}}": None,
+    "train: {defaults: {data: {cache_queries: 7, preload_flow: false}}}": None,
+    "train: {defaults: {device: cpu, checkpoint_every: 1}}": None,
+    "train: {runs: {full: {device: cpu}}}": None,
+    "infer: {batch_size: 3, device: cpu}": None,
+    "flow: {raft: {batch_size: 1, device: cpu}}": None,
+    "tracks: {cotracker: {device: cpu}}": None,
+}
+
+
+@pytest.mark.parametrize("edit", list(RUN_SETTINGS))
+def test_editing_a_run_setting_plans_no_job(finished_run: Path, tmp_path: Path, edit: str) -> None:
+    overlay = tmp_path / "settings.yaml"
+    overlay.write_text(edit + "\n")
+    proc = snakemake(finished_run, "-n", "--configfile", str(TEST_CONFIG), str(overlay))
+    assert "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout
+
+
+def test_editing_a_picture_setting_redraws_only_the_pictures(finished_run: Path, tmp_path: Path) -> None:
+    overlay = tmp_path / "pictures.yaml"
+    overlay.write_text("infer: {pictures: {gif_fps: 3.0, alpha: 0.7}}\n")
+    counts = job_counts(snakemake(finished_run, "-n", "--configfile", str(TEST_CONFIG), str(overlay)).stdout)
+    masks = list((finished_run / "results" / "synthetic" / "masks").glob("*/*.zarr"))
+    assert counts == {"draw_pictures": len(masks), "all": 1}
+
+
+def test_editing_a_result_param_reruns_exactly_its_dependents(finished_run: Path, tmp_path: Path) -> None:
+    results = finished_run / "results" / "synthetic"
+    n_sequences = len(list((results / "frames").glob("*.zarr")))
+    n_masks = len(list((results / "masks").glob("*/*.zarr")))
+    overlay = tmp_path / "result.yaml"
+    overlay.write_text("infer: {dino_patch_stride: 8}\n")  # a param of every infer_masks job (not a setting)
+    counts = job_counts(snakemake(finished_run, "-n", "--configfile", str(TEST_CONFIG), str(overlay)).stdout)
+    learned = n_masks - n_sequences  # the baseline's masks do not depend on inference
+    assert counts == {"infer_masks": learned, "draw_pictures": learned, "evaluate_sequence": learned,
+                      "make_tables": 1, "all": 1}
+    overlay.write_text("train: {defaults: {iterations: 5}}\n")
+    counts = job_counts(snakemake(finished_run, "-n", "--configfile", str(TEST_CONFIG), str(overlay)).stdout)
+    assert counts["train_model"] == 1 and counts["infer_masks"] == learned
+    assert not {"compute_flow", "track_chunk", "baseline_masks"} & set(counts)
+    typed = snakemake(finished_run, "-n", "--configfile", str(TEST_CONFIG), "--config",
+                      "train={defaults: {iterations: 5}}")  # nested --config values are typed by the schema
+    assert job_counts(typed.stdout) == counts
+
+
+def _readme_rerun_commands() -> list[str]:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme.split("## Rerunning one piece", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    return [line.split("#", 1)[0].strip() for line in block.splitlines() if line.strip()]
+
+
+def test_readme_rerun_examples_plan_the_jobs_they_promise(finished_run: Path) -> None:
+    """Every command of the README's "Rerunning one piece" block, as a dry run on a finished run (synth-002 of
+    the default config is synth-001 in the test config); the counts are what each comment promises."""
+    frames = finished_run / "results" / "synthetic" / "frames" / "synth-000.zarr"
+    chunk_size = yaml.safe_load(TEST_CONFIG.read_text())["tracks"]["chunk_size"]
+    n_chunks = math.ceil(zarr.open_group(str(frames), mode="r").attrs["n_frames"] / chunk_size)
+    expected = [
+        {},  # -n -p one chunk: built already
+        {},  # one flow store: built already
+        {"track_chunk": 1},  # -f: exactly this job
+        {"track_chunk": n_chunks, "index_tracks": 1},  # -R track_chunk: every chunk of the sequence
+        {},  # all_tracks of a subset: built already
+        {},  # --until track_chunk: built already
+    ]
+    commands = _readme_rerun_commands()
+    assert len(commands) == len(expected), commands
+    for command, counts in zip(commands, expected, strict=True):
+        args = [arg.replace("synth-002", "synth-001") for arg in shlex.split(command)[1:]]
+        args = [arg for arg in args if arg not in ("-c2", "-n", "-p")]
+        proc = snakemake(finished_run, *args, "-n", "--configfile", str(TEST_CONFIG))
+        planned = {rule: n for rule, n in job_counts(proc.stdout).items() if not rule.startswith("all")}
+        assert planned == counts, (command, proc.stdout)
+
+
+# Last: it deletes a flow store of the shared finished run.
 def test_deleting_one_flow_reruns_only_that_sequence(finished_run: Path) -> None:
     shutil.rmtree(finished_run / "results" / "synthetic" / "flow" / "synth-001.zarr")
     proc = snakemake(finished_run, "-n", "--configfile", str(TEST_CONFIG))
