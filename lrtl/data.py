@@ -278,7 +278,7 @@ def load_sequence(
         flows = {}
         for signed in (signed for gap in params.gaps for signed in (gap, -gap)):
             field = flow_group[stores.flow_name(signed)][...]  # [T, H, W, 2]
-            stores.check_finite(field, flow, stores.flow_name(signed))
+            stores.check_finite(field, flow, "flow", stores.flow_name(signed))
             flows[signed] = loss_flow(field, params)
     reader = open_tracks(tracks)
     if reader.n_frames != n_frames:

@@ -139,16 +139,17 @@ def store_path(group: zarr.Group) -> Path:
     return Path(getattr(group.store, "root", str(group.store)))
 
 
-def check_finite(values: np.ndarray, store: str | os.PathLike, array: str, first_frame: int = 0) -> None:
+def check_finite(values: np.ndarray, store: str | os.PathLike, kind: str, array: str, first_frame: int = 0
+                 ) -> None:
     """Stop with the store, array, frame and fix when `values` (frames along axis 0) hold NaN or inf.
 
-    Every stage that reads flow, tracks or masks calls this at load, before anything is written from them.
+    Every stage that reads flow, tracks or masks calls this at load, before anything is written from them;
+    `kind` (a PRODUCERS key) names the rule that rebuilds the store.
     """
     bad = ~np.isfinite(values)
     if not bad.any():
         return
     frames = first_frame + np.flatnonzero(bad.reshape(len(bad), -1).any(axis=1))
-    kind = next((FOLDER_KINDS[part] for part in reversed(Path(store).parts[:-1]) if part in FOLDER_KINDS), None)
     maker = f"rule {PRODUCERS[kind]}" if kind in PRODUCERS else "the rule that made it"
     raise StageError(
         f"{store}: {array} has {int(bad.sum())} non-finite value(s) at frame(s) {frames[:8].tolist()}"
@@ -205,8 +206,13 @@ def write_frames(out: str | os.PathLike, rgb: np.ndarray, gt: np.ndarray, gt_ind
 
 
 def read_rgb(path: str | os.PathLike) -> np.ndarray:
-    """All frames, uint8 [T, H, W, 3]."""
-    return open_store(path, "frames")["rgb"][...]
+    """All frames, uint8 [T, H, W, 3]; a store holding anything else stops naming it and the fix."""
+    rgb = open_store(path, "frames")["rgb"][...]
+    if rgb.dtype != np.uint8 or rgb.ndim != 4 or rgb.shape[-1] != 3 or not rgb.shape[0]:
+        raise StageError(f"{path}: rgb is {rgb.dtype} {list(rgb.shape)}, not uint8 [T>0, H, W, 3]; the store is "
+                         f"corrupt: rebuild it with rule prepare_frames (snakemake --cores 1 --forcerun "
+                         f"{str(path)!r})")
+    return rgb
 
 
 def read_ground_truth(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
@@ -248,7 +254,7 @@ def read_flow(group: zarr.Group, gap: int, frame: int) -> np.ndarray:
     if not 0 <= frame + gap < n_frames or not 0 <= frame < n_frames:
         raise StageError(f"{group.store}: flow {frame} -> {frame + gap} is outside the {n_frames} frames")
     field = group[flow_name(gap)][frame]  # [H, W, 2]
-    check_finite(field[None], store_path(group), flow_name(gap), frame)
+    check_finite(field[None], store_path(group), "flow", flow_name(gap), frame)
     return field
 
 
@@ -268,6 +274,6 @@ def read_masks(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, dict[st
     """(soft float32 [T, K, h, w], merged float32 [T, 2, h, w], attrs)."""
     group = open_store(path, "masks")
     soft, merged = group["soft"][...].astype(np.float32), group["merged"][...].astype(np.float32)
-    check_finite(soft, path, "soft")
-    check_finite(merged, path, "merged")
+    check_finite(soft, path, "masks", "soft")
+    check_finite(merged, path, "masks", "merged")
     return soft, merged, dict(group.attrs)

@@ -89,8 +89,8 @@ class FlowChainTracker:
         """Flow frame -> frame+step and frame+step -> frame, float32 [H, W, 2] each."""
         self.flow_reads += 2
         flow, back = self.flows[step][frame], self.flows[-step][frame + step]  # [H, W, 2] each
-        stores.check_finite(flow[None], self.flow_path, stores.flow_name(step), frame)
-        stores.check_finite(back[None], self.flow_path, stores.flow_name(-step), frame + step)
+        stores.check_finite(flow[None], self.flow_path, "flow", stores.flow_name(step), frame)
+        stores.check_finite(back[None], self.flow_path, "flow", stores.flow_name(-step), frame + step)
         return flow, back
 
     def track(self, query_frame: int, query_xy: np.ndarray, window_start: int, window_len: int

@@ -10,6 +10,7 @@ import pytest
 from lrtl import flow as flow_stage
 from lrtl import tracks
 from lrtl.backends.flowchain import FlowChainTracker
+from lrtl.settings import result_params
 from lrtl.synthetic import load_scene
 from lrtl.track_store import open_chunk, partial_path
 from tests.conftest import config_section
@@ -87,7 +88,7 @@ def test_chunks_and_index_give_tracks_of_every_frame(sequence, tmp_path, backend
         chunk(sequence, path, c, params)
         attrs = open_chunk(path).attrs
         assert attrs["backend"] == backend and attrs["chunk"] == c and attrs["sequence"] == sequence["name"]
-        assert attrs["params"] == params and attrs["dataset"] == "tiny"
+        assert attrs["params"] == result_params("tracks", params) and attrs["dataset"] == "tiny"
     index(sequence, paths, tmp_path / "tracks" / "index.json", params)
     seq = tracks.open_sequence_tracks(tmp_path / "tracks" / "index.json")
     scene = load_scene(sequence["gt"])
@@ -155,7 +156,7 @@ def test_partial_store_with_other_params_is_discarded(sequence, tmp_path, monkey
     changed = {**TRACKS, "flowchain": {**TRACKS["flowchain"], "fb_beta": 0.25}}
     chunk(sequence, out, 0, changed)
     assert "different ['params']" in capsys.readouterr().err
-    assert open_chunk(out).attrs["params"] == changed
+    assert open_chunk(out).attrs["params"] == result_params("tracks", changed)
 
 
 def test_index_names_missing_and_duplicated_frames(sequence, tmp_path, capsys):
@@ -221,3 +222,50 @@ def test_threads_flag_limits_opencv(sequence, tmp_path):
     finally:
         cv2.setNumThreads(before)
     assert (tmp_path / "c0.zarr").is_dir()
+
+
+def test_non_finite_flow_stops_tracking_and_baseline_and_a_repaired_rerun_equals_a_clean_build(
+    sequence, tmp_path, monkeypatch, capsys
+):
+    import shutil
+
+    import zarr
+
+    from lrtl.baseline import main as baseline_main
+
+    flow = tmp_path / "flow.zarr"
+    shutil.copytree(sequence["flow"], flow)
+    broken = {**sequence, "flow": str(flow)}
+    field = zarr.open_group(str(flow), mode="r+")["forward_1"]
+    clean = field[7].copy()
+    field[7, 10, 20] = np.nan  # frame 7 -> 8 is read by query frames 5..9 (chunk 1)
+    calls = []
+    original = FlowChainTracker.track
+
+    def counting(self, query_frame, *args):
+        calls.append(query_frame)
+        return original(self, query_frame, *args)
+
+    monkeypatch.setattr(FlowChainTracker, "track", counting)
+    out = tmp_path / "chunk-001.zarr"
+    with pytest.raises(SystemExit):
+        chunk(broken, out, 1)
+    err = capsys.readouterr().err
+    assert str(flow) in err and "forward_1" in err and "frame(s) [7]" in err and "compute_flow" in err
+    assert not out.exists()
+    with pytest.raises(SystemExit):
+        baseline_main(["--frames", sequence["frames"], "--flow", str(flow), "--params",
+                       json.dumps(config_section("baseline")), "--out", str(tmp_path / "baseline.zarr")])
+    err = capsys.readouterr().err
+    assert str(flow) in err and "forward_1" in err and "frame(s) [7]" in err
+    assert not (tmp_path / "baseline.zarr").exists()
+
+    field[7] = clean  # the flow is repaired: the partial chunk belongs to other input and is not resumed
+    calls.clear()
+    chunk(broken, out, 1)
+    assert "different ['inputs']" in capsys.readouterr().err and calls == [5, 6, 7, 8, 9]
+    reference = tmp_path / "clean.zarr"
+    chunk(sequence, reference, 1)
+    a, b = open_chunk(out), open_chunk(reference)
+    for name in ("tracks", "vis", "query_xy", "n_points", "query_frames", "window_start", "done"):
+        assert np.array_equal(a[name][...], b[name][...]), name
