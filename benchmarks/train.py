@@ -1,11 +1,18 @@
-"""Training step time split into data / forward / loss (each term) / backward + optimiser step.
+"""Training step time split into data / forward / loss (each term) / backward + optimiser step, and training
+speed beside a competing CPU-bound job.
 
     python benchmarks/train.py --frames A.zarr ... --flow A.zarr ... --tracks A/index.json ... \
-        --params '<json of a merged train section>' [--steps 20] [--warmup 3] [--threads N]
+        --params '<json of a merged train section>' [--steps 20] [--warmup 3] [--threads N] [--contention]
 
 Prints the mean wall time per step of each part and its share of the step, plus CPU seconds (process time, all
 threads), which are steadier than wall time on a shared machine. Items are loaded in the main process here
 (workers = 0) so that the data time is the full per-step loading cost.
+
+--contention instead runs the real training job (`python -m lrtl.train`, its data-loader workers as in the
+params, --threads N) twice for --steps steps: alone, then beside a competitor that keeps every core busy (one
+busy-looping process per core, as another job on the node would). It prints steps/s of both (median over the
+metrics windows after the first) and their ratio; two jobs sharing the cores should each get about half (the
+target is a ratio above 0.4).
 """
 
 from __future__ import annotations
@@ -13,7 +20,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import multiprocessing
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -49,7 +63,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    parser.add_argument("--contention", action="store_true", help="steps/s alone and beside a busy competitor")
     args = parser.parse_args()
+    if args.contention:
+        contention(args)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     params = parse_params(json.loads(args.params))
@@ -129,6 +147,45 @@ def main() -> None:
             f"{clock.cpu[name] / args.steps:11.4f} {clock.cpu[name] / cpu_total:7.1%}"
         )
     print(f"{'total':<10} {wall_total / args.steps:12.4f} {'':>7} {cpu_total / args.steps:11.4f}")
+
+
+def busy_loop() -> None:
+    while True:
+        pass
+
+
+def train_steps_per_s(args: argparse.Namespace, params: dict, root: Path) -> float:
+    """Median steps/s of the metrics windows (after the first) of one `python -m lrtl.train` run."""
+    params = {**params, "iterations": args.steps, "log_every": max(1, args.steps // 8),
+              "checkpoint_every": args.steps, "validate": {**params["validate"], "every": 0}}
+    command = [sys.executable, "-m", "lrtl.train", "--frames", *args.frames, "--flow", *args.flow,
+               "--tracks", *args.tracks, "--params", json.dumps(params), "--state-dir", str(root / "state"),
+               "--out", str(root / "model.pt"), "--metrics", str(root / "metrics.jsonl"),
+               "--curve", str(root / "loss.png")]
+    if args.threads:
+        command += ["--threads", str(args.threads)]
+    subprocess.run(command, check=True, capture_output=True)
+    rows = [json.loads(line) for line in (root / "metrics.jsonl").read_text().splitlines()]
+    return statistics.median([row["it_per_s"] for row in rows if "it_per_s" in row][1:])
+
+
+def contention(args: argparse.Namespace) -> None:
+    params = json.loads(args.params)
+    with tempfile.TemporaryDirectory() as scratch:
+        alone = train_steps_per_s(args, params, Path(scratch) / "alone")
+        competitors = [multiprocessing.Process(target=busy_loop, daemon=True) for _ in range(os.cpu_count())]
+        for process in competitors:
+            process.start()
+        try:
+            shared = train_steps_per_s(args, params, Path(scratch) / "shared")
+        finally:
+            for process in competitors:
+                process.terminate()
+    print(f"training: {args.steps} steps, --threads {args.threads or 'default'}, "
+          f"{params['data']['workers']} data-loader worker(s), {os.cpu_count()} cores")
+    print(f"alone              {alone:8.2f} steps/s")
+    print(f"beside {os.cpu_count()} busy loops {shared:8.2f} steps/s")
+    print(f"ratio              {shared / alone:8.2f}   (target > 0.4; an even share of the cores is 0.5)")
 
 
 if __name__ == "__main__":
