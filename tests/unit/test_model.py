@@ -118,7 +118,8 @@ def test_dino_model_does_not_checkpoint_the_frozen_backbone(tmp_path):
     model = build_model(cfg)
     out = model(torch.randn(1, 3, 24, 40))
     assert out.logits.shape == (1, 3, 24, 40)
-    assert out.features.shape == (1, 16, 20, 36)  # 5x9 grid, two x2 upsamplings
+    # the paper (reference) head: 5x9 grid -> 26x42 (two x2 upsamplings, 1x1 convs of padding 1), centre-cropped
+    assert out.features.shape == (1, 16, 24, 40)
     assert not any(name.startswith("backbone.") for name in model.trainable_state_dict())
 
 
