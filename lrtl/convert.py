@@ -74,7 +74,11 @@ RENAMES: list[tuple[str, str]] = [
 ]
 HEAD_INDEX = {"0": 0, "2": 1, "3": 2, "5": 3}  # mask_features.<i> -> head.<j> (1, 4 are upsamplings; 6 mask_out)
 # lrtl tensors whose input channels are ViT key features
-READS_VIT = (r"pixel_decoder\.deepest\.0\.weight", r"pixel_decoder\.laterals\.\d+\.0\.weight", r"mask_decoder\.input_proj\.weight")
+READS_VIT = (
+    r"pixel_decoder\.deepest\.0\.weight",
+    r"pixel_decoder\.laterals\.\d+\.0\.weight",
+    r"mask_decoder\.input_proj\.weight",
+)
 
 
 def lrtl_name(reference_key: str, levels: int) -> str | None:
@@ -147,7 +151,7 @@ def convert_state_dict(reference: Mapping[str, torch.Tensor], model: Segmentatio
             continue
         name = lrtl_name(key, levels)
         if name is None or name not in target:
-            errors.append(f"{key}: no counterpart in lrtl's paper model (lrtl name {name}) and not a known dropped tensor")
+            errors.append(f"{key}: no counterpart in lrtl's paper model (name {name}) and not a known dropped tensor")
             continue
         value = value.to(target[name].dtype)
         if any(re.fullmatch(pattern, name) for pattern in READS_VIT):
