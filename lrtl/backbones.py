@@ -205,10 +205,11 @@ def _set_patch_stride(vit: nn.Module, stride: int, size: tuple[int, int], grid: 
     prefix = pos.shape[1] - int(round(math.sqrt(pos.shape[1] - 1))) ** 2
     old = int(round(math.sqrt(pos.shape[1] - prefix)))
     patch_pos = pos[:, prefix:].reshape(1, old, old, -1).permute(0, 3, 1, 2)  # [1, D, old, old]
-    scale = ((grid[0] + 0.1) / old, (grid[1] + 0.1) / old)
-    patch_pos = F.interpolate(
-        patch_pos, scale_factor=scale, mode="bicubic", align_corners=False, recompute_scale_factor=False
-    )  # [1, D, g0, g1]
+    if tuple(grid) != (old, old) or size[0] != size[1]:  # DINO keeps them as they are only in this case
+        scale = ((grid[0] + 0.1) / old, (grid[1] + 0.1) / old)
+        patch_pos = F.interpolate(
+            patch_pos, scale_factor=scale, mode="bicubic", align_corners=False, recompute_scale_factor=False
+        )  # [1, D, g0, g1]
     if tuple(patch_pos.shape[-2:]) != tuple(grid):
         raise ValueError(f"position embeddings {old}x{old} -> {tuple(patch_pos.shape[-2:])}, expected {grid}")
     patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], -1)
