@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import pickle
 import re
+import types
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -169,11 +171,40 @@ def convert_state_dict(reference: Mapping[str, torch.Tensor], model: Segmentatio
     return out
 
 
+class _Unresolved:
+    """Stands in for a pickled object whose class lrtl cannot import (e.g. the reference's own RNG-state or
+    EMA classes in a checkpoint's non-model entries); its state is discarded."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+
+class _TolerantUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return super().find_class(module, name)
+        except (ImportError, AttributeError):
+            log.warning("reference checkpoint: %s.%s is not importable here; that entry is ignored", module, name)
+            return _Unresolved
+
+
+def _tolerant_pickle() -> types.ModuleType:
+    module = types.ModuleType("lrtl_tolerant_pickle")
+    module.Unpickler = _TolerantUnpickler
+    module.load = lambda file, **kwargs: _TolerantUnpickler(file, **kwargs).load()
+    return module
+
+
 def read_reference(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """A detectron2 checkpoint file -> (its 'model' state dict, the other entries that are plain numbers)."""
+    """A detectron2 checkpoint file -> (its 'model' state dict, the other entries that are plain numbers).
+
+    Classes that only the reference's code defines (outside 'model') do not stop the reading."""
     if not path.is_file():
         raise StageError(f"{path}: no reference checkpoint here (download it: see README, released checkpoints)")
-    raw = torch.load(path, map_location="cpu", weights_only=False)
+    raw = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_tolerant_pickle())
     state = raw.get("model") if isinstance(raw, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise StageError(f"{path}: not a detectron2 checkpoint ({{'model': state_dict}})")

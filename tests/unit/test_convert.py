@@ -157,3 +157,28 @@ def test_converter_refuses_the_small_model(tmp_path):
 
     with pytest.raises(StageError, match="not the paper model"):
         convert_state_dict({}, build_model(tiny_model()))
+
+
+def test_reference_checkpoint_with_classes_lrtl_cannot_import_is_read(tmp_path, monkeypatch):
+    """Entries beside 'model' may pickle the reference's own classes (RNG state, EMA): they must not stop it."""
+    import sys
+    import types
+
+    from lrtl.convert import read_reference
+
+    module = types.ModuleType("reference_only_utils")
+
+    class RNGState:
+        def __init__(self):
+            self.seed = 42
+
+    RNGState.__module__, RNGState.__qualname__ = module.__name__, "RNGState"
+    module.RNGState = RNGState
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    path = tmp_path / "reference.pth"
+    torch.save({"model": {"a": torch.ones(2)}, "random_state": RNGState(), "iteration": 5}, path)
+    monkeypatch.delitem(sys.modules, module.__name__)
+    state, info = read_reference(path)
+    assert torch.equal(state["a"], torch.ones(2)) and info == {"iteration": 5}
+    with pytest.raises(StageError, match="no reference checkpoint"):
+        read_reference(tmp_path / "absent.pth")
