@@ -221,7 +221,7 @@ def run_convert(*, reference: Path, model_cfg: dict[str, Any], out: Path) -> Non
         "format": CHECKPOINT_FORMAT,
         "model": converted,
         "model_cfg": dict(model_cfg),
-        "params": None,
+        "params": {"compat": "reference"},  # trained by the reference's code: scored under its conventions
         "step": info.get("iteration"),
         "lrtl_version": __version__,
         "torch_version": torch.__version__,

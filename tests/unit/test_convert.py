@@ -86,6 +86,30 @@ def test_converted_reference_checkpoint_gives_the_reference_masks(reference, nar
     assert (masks - reference["masks"]).abs().max() < 1e-4
 
 
+def test_converted_checkpoint_runs_through_lrtl_infer(reference, narrow_vit, tmp_path):
+    """A converted checkpoint is scored by the pipeline's own inference stage, as a `compat: reference` run."""
+    import numpy as np
+
+    from lrtl import stores
+    from lrtl.infer import main as infer_main
+    from tests.conftest import config_section
+
+    vit, checkpoint = write_inputs(reference, tmp_path)
+    model = tmp_path / "model.pt"
+    main(["--reference", str(checkpoint), "--model", json.dumps(tiny_paper_model(str(vit))), "--out", str(model)])
+    rgb = np.concatenate([reference["rgb"].numpy()] * 2)  # [4, 64, 96, 3]
+    frames = tmp_path / "frames.zarr"
+    stores.write_frames(frames, rgb, np.zeros((1, 64, 96), bool), np.array([0]), dataset="fixture", sequence="s")
+    params = config_section("infer", device="cpu", batch_size=2, merge_features="decoder", dino_weights=None)
+    out = tmp_path / "masks.zarr"
+    infer_main(["--model", str(model), "--frames", str(frames), "--params", json.dumps(params), "--run", "released",
+                "--out", str(out), "--pictures", str(tmp_path / "pictures")])  # fmt: skip
+    soft, merged, attrs = stores.read_masks(out)
+    assert soft.shape == (4, 4, 64, 96) and merged.shape[:2] == (4, 2)
+    assert np.abs(soft[:2] - reference["masks"].numpy()).max() < 1e-3  # the reference's masks, stored as float16
+    assert attrs["compat"] == "reference" and attrs["checkpoint_step"] == 19999
+
+
 def test_key_permutation_maps_reference_channel_order_to_lrtl():
     dim, heads = 12, 3  # head_dim 4
     perm = key_permutation(dim, heads)
