@@ -18,8 +18,9 @@ tensor of the same role copied into it) differs by up to 0.87 in the masks (mean
 model by 1.5e-5. Each audited difference alone moves the masks by far more than the tolerance (max difference,
 measured by patching the paper model): the ViT key layout not permuted 0.99, position embeddings interpolated to
 a size instead of by DINO's scale factor 0.30, the pre-change sine encoding 0.35, the position encoding also on the
-cross-attention values 0.75, a bilinear resize instead of the centre crop 0.64. Narrowing the ViT goes through `lrtl.backbones.DINO_ARCHES` (timm constructor overrides), so
-the backbone, converter and loader run their production code.
+cross-attention values 0.75, a bilinear resize instead of the centre crop 0.64. Narrowing the ViT goes through
+`lrtl.backbones.DINO_ARCHES` (timm constructor overrides), so the backbone, converter and loader run their
+production code.
 """
 
 from __future__ import annotations
