@@ -5,8 +5,10 @@ Both return a list of feature maps ordered shallow -> deep, each [B, C_i, h_i, w
 
 - `small`: trained from scratch with the decoder (METHOD.md §13); stage i has stride 2**(i+1).
 - `dino_vitb8`: the paper's backbone (METHOD.md §6): timm `vit_base_patch8_224`, DINO weights from a local
-  file, patch-embedding stride 4 (overlapping patches, bicubically interpolated position embeddings), 'key'
-  facet of blocks 5/7/9/11, completely frozen (no grad, always eval, not checkpointed).
+  file, patch-embedding stride 4 (overlapping patches; position embeddings interpolated bicubically by DINO's
+  scale factor (g + 0.1) / 28, as the reference's ViT extractor), 'key' facet of blocks 5/7/9/11, completely
+  frozen (no grad, always eval, not checkpointed). Key channels are laid out head-major (h * head_dim + d, the
+  qkv projection's own order); the reference lays them out d * heads + h, which `lrtl.convert` permutes.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ from lrtl.runtime import file_sha256
 
 log = logging.getLogger(__name__)
 
-# backbone name -> timm architecture (DINO's ViT matches timm's parameter names)
-DINO_ARCHES = {"dino_vitb8": "vit_base_patch8_224"}
+# backbone name -> (timm architecture, constructor overrides); DINO's ViT matches timm's parameter names.
+# Tests narrow the ViT through the overrides (e.g. {"embed_dim": 24, "num_heads": 3}) to keep the code path.
+DINO_ARCHES: dict[str, tuple[str, dict[str, Any]]] = {"dino_vitb8": ("vit_base_patch8_224", {})}
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
@@ -103,12 +106,13 @@ class DinoViT(nn.Module):
         layers: Sequence[int],
         patch_stride: int,
         input_size: Sequence[int],
+        arch_kwargs: dict[str, Any] | None = None,
     ):
         super().__init__()
         import timm  # only this backbone needs timm; importing lrtl.model stays cheap without it
 
         with torch.device("meta"):  # no time spent on an init that the weights replace
-            vit = timm.create_model(arch, pretrained=False, num_classes=0)
+            vit = timm.create_model(arch, pretrained=False, num_classes=0, **(arch_kwargs or {}))
         if weights is None:
             log.warning("%s backbone with RANDOM weights (weights: null); only tests should do this", arch)
             vit.to_empty(device="cpu")
@@ -146,6 +150,7 @@ class DinoViT(nn.Module):
             parameter.requires_grad_(False)
         self.vit.eval()
         self.dim = vit.embed_dim
+        self.heads = vit.blocks[0].attn.num_heads  # key channel c = head * (dim // heads) + d
         self.out_channels = [self.dim] * len(self.layers)
         self.strides = [patch_stride] * len(self.layers)
         self.frozen = True
@@ -184,7 +189,11 @@ def _random_init(vit: nn.Module) -> None:
 
 
 def _set_patch_stride(vit: nn.Module, stride: int, size: tuple[int, int], grid: tuple[int, int]) -> None:
-    """Overlapping patches: conv stride -> `stride`; position embeddings bicubically resized to `grid`."""
+    """Overlapping patches: conv stride -> `stride`; position embeddings bicubically interpolated to `grid`.
+
+    The interpolation uses DINO's scale factor (g + 0.1) / old per axis (not the target size), as DINO's
+    `interpolate_pos_encoding` patched by the reference's ViT extractor does: with align_corners=False the
+    sampling positions depend on the scale, so this is what the DINO features of the reference are."""
     embed = vit.patch_embed
     embed.proj.stride = (stride, stride)
     embed.img_size = size
@@ -196,7 +205,13 @@ def _set_patch_stride(vit: nn.Module, stride: int, size: tuple[int, int], grid: 
     prefix = pos.shape[1] - int(round(math.sqrt(pos.shape[1] - 1))) ** 2
     old = int(round(math.sqrt(pos.shape[1] - prefix)))
     patch_pos = pos[:, prefix:].reshape(1, old, old, -1).permute(0, 3, 1, 2)  # [1, D, old, old]
-    patch_pos = F.interpolate(patch_pos, size=grid, mode="bicubic", align_corners=False)
+    if tuple(grid) != (old, old) or size[0] != size[1]:  # DINO keeps them as they are only in this case
+        scale = ((grid[0] + 0.1) / old, (grid[1] + 0.1) / old)
+        patch_pos = F.interpolate(
+            patch_pos, scale_factor=scale, mode="bicubic", align_corners=False, recompute_scale_factor=False
+        )  # [1, D, g0, g1]
+    if tuple(patch_pos.shape[-2:]) != tuple(grid):
+        raise ValueError(f"position embeddings {old}x{old} -> {tuple(patch_pos.shape[-2:])}, expected {grid}")
     patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], -1)
     vit.pos_embed = nn.Parameter(torch.cat([pos[:, :prefix], patch_pos], dim=1), requires_grad=False)
     if hasattr(vit, "dynamic_img_size"):
@@ -209,5 +224,6 @@ def build_backbone(cfg: dict[str, Any], input_size: Sequence[int]) -> nn.Module:
     if name == "small":
         return SmallEncoder(cfg["channels"])
     if name in DINO_ARCHES:
-        return DinoViT(DINO_ARCHES[name], cfg["weights"], cfg["layers"], cfg["patch_stride"], input_size)
+        arch, arch_kwargs = DINO_ARCHES[name]
+        return DinoViT(arch, cfg["weights"], cfg["layers"], cfg["patch_stride"], input_size, arch_kwargs)
     raise ValueError(f"unknown backbone {name!r}; choose small or {', '.join(DINO_ARCHES)}")

@@ -118,7 +118,8 @@ def test_dino_model_does_not_checkpoint_the_frozen_backbone(tmp_path):
     model = build_model(cfg)
     out = model(torch.randn(1, 3, 24, 40))
     assert out.logits.shape == (1, 3, 24, 40)
-    assert out.features.shape == (1, 16, 20, 36)  # 5x9 grid, two x2 upsamplings
+    # the paper (reference) head: 5x9 grid -> 26x42 (two x2 upsamplings, 1x1 convs of padding 1), centre-cropped
+    assert out.features.shape == (1, 16, 24, 40)
     assert not any(name.startswith("backbone.") for name in model.trainable_state_dict())
 
 
@@ -168,3 +169,21 @@ def _tiny_params():
             validate={"every": 0, "frames": 0},
         )
     )
+
+
+def test_paper_head_geometry_and_centre_crop():
+    """The reference head at the paper's grid: 47x87 -> 194x354 mask features (1x1 convs of padding 1), then
+    the reference's centre crop (torchvision rounding) to 192x352; a map >10% larger is resized instead."""
+    from lrtl.model import ReferencePixelDecoder, crop_or_resize, crop_window
+
+    decoder = ReferencePixelDecoder([8, 8], 32, 32)
+    feats = [torch.randn(1, 8, 47, 87), torch.randn(1, 8, 47, 87)]
+    with torch.no_grad():
+        features = decoder(feats)
+    assert features.shape == (1, 32, 194, 354)
+    assert crop_window((194, 354), (192, 352)) == (1, 1)
+    assert torch.equal(crop_or_resize(features, (192, 352)), features[..., 1:193, 1:353])
+    assert crop_window((240, 354), (192, 352)) is None
+    assert crop_or_resize(features, (96, 176)).shape == (1, 32, 96, 176)
+    norms = [m for m in decoder.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert len(norms) == 1 + 2 * 1  # deepest (shared with the head) + one lateral + one output
