@@ -36,6 +36,7 @@ from lrtl.cli import StageError
 from lrtl.flow import resize_flow
 from lrtl.model import resize_rgb
 from lrtl.params import Params
+from lrtl.runtime import limit_threads
 
 log = logging.getLogger(__name__)
 
@@ -469,4 +470,11 @@ def make_loader(
         persistent_workers=False,
         prefetch_factor=4 if workers else None,
         generator=torch.Generator().manual_seed(items.seed),  # leaves the global RNG (dropout) to the model
+        worker_init_fn=one_thread_per_worker,
     )
+
+
+def one_thread_per_worker(worker_id: int) -> None:
+    """A data-loader worker runs one thread (torch, OpenCV, BLAS): its pools would otherwise start a thread per
+    core each and fight the training threads for the job's cores."""
+    limit_threads(1, torch_too=True)

@@ -23,20 +23,22 @@ DEVICES = ("auto", "cpu", "cuda")
 
 
 def limit_threads(threads: int | None, torch_too: bool) -> None:
-    """Hold a job to `threads` CPU threads (its rule's `threads:`): OpenCV's pool and, with `torch_too`, torch's
-    intra-op threads. None or 0 leaves the libraries' choice (all cores)."""
+    """Hold a job to `threads` CPU threads (its rule's `threads:`): OpenCV's pool, numpy's BLAS pool and, with
+    `torch_too`, torch's intra-op threads. None or 0 leaves the libraries' choice (all cores)."""
     if not threads:
         return
     if threads < 0:
         raise StageError(f"--threads must be a positive number of threads, not {threads}")
     import cv2
+    from threadpoolctl import threadpool_limits
 
     cv2.setNumThreads(threads)
+    threadpool_limits(threads, user_api="blas")
     if torch_too:
         import torch
 
         torch.set_num_threads(threads)
-    log.info("CPU threads limited to %d", threads)
+    log.debug("CPU threads limited to %d", threads)
 
 
 def resolve_device(name: str, key: str = "device") -> torch.device:
