@@ -17,7 +17,7 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-from lrtl.cli import StageError
+from lrtl.params import ParamsError
 
 RUN_SETTINGS: dict[str, tuple[str, ...]] = {
     "flow": ("raft.device", "raft.batch_size"),
@@ -62,6 +62,6 @@ def _merge_into(target: dict[str, Any], settings: Mapping[str, Any], where: str)
         if isinstance(value, Mapping) and isinstance(target.get(key), dict):
             _merge_into(target[key], value, f"{where}{key}.")
         elif key in target:
-            raise StageError(f"--settings repeats {where}{key}, which --params already gives; pass each key once")
+            raise ParamsError(f"--settings repeats {where}{key}, which --params already gives; pass each key once")
         else:
             target[key] = copy.deepcopy(value)

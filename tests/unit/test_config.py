@@ -15,6 +15,8 @@ from lrtl.flow import FlowParams
 from lrtl.frames import FramesParams
 from lrtl.infer import InferParams
 from lrtl.params import ParamsError
+from lrtl.pictures import PicturesParams
+from lrtl.settings import RUN_SETTINGS, merge_settings, split_settings
 from lrtl.synthetic import SyntheticParams
 from lrtl.tracks import TracksParams
 from lrtl.train import TrainParams
@@ -71,7 +73,24 @@ def test_a_misspelt_key_is_rejected_by_the_schema_naming_it() -> None:
      ("infer", InferParams), ("baseline", BaselineParams), ("evaluate", EvaluateParams)],
 )
 def test_every_stage_accepts_its_config_section(section: str, params: type) -> None:
-    params.from_mapping(CONFIG[section], section)
+    mapping = CONFIG[section]
+    if section == "infer":  # infer.pictures is the draw_pictures rule's section
+        mapping = {key: value for key, value in mapping.items() if key != "pictures"}
+        PicturesParams.from_mapping(CONFIG["infer"]["pictures"], "infer.pictures")
+    params.from_mapping(mapping, section)
+
+
+@pytest.mark.parametrize("stage", sorted(RUN_SETTINGS))
+def test_run_settings_name_config_keys_and_split_off_and_back(stage: str) -> None:
+    section = CONFIG["train"]["defaults"] if stage == "train" else CONFIG[stage]
+    result, settings = split_settings(stage, section)
+    for dotted in RUN_SETTINGS[stage]:
+        value = settings
+        for part in dotted.split("."):
+            value = value[part]  # every listed run setting is a key of config.yaml
+    assert merge_settings(result, settings) == section
+    with pytest.raises(ParamsError):
+        merge_settings(section, settings)  # a key passed both ways is refused
 
 
 @pytest.mark.parametrize("run", sorted(CONFIG["train"]["runs"]))

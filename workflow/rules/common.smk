@@ -15,7 +15,9 @@ from lrtl.settings import split_settings
 import lrtl.stores
 import lrtl.synthetic
 
-CONFIG_SCHEMA = os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml")
+CONFIG_SCHEMA = os.path.join(
+    workflow.basedir, "workflow", "schemas", "config.schema.yaml"
+)
 
 
 def schema_types(schema):
@@ -25,7 +27,8 @@ def schema_types(schema):
 
 def typed_config_values(value, schema):
     """`--config key={a: {b: 100}}` arrives with every nested scalar a string (Snakemake reads nested values
-    with YAML's BaseLoader): read each string again as YAML where the schema wants no string there."""
+    with YAML's BaseLoader): read each string again as YAML where the schema wants no string there.
+    """
     if isinstance(value, dict):
         extra = schema.get("additionalProperties")
         properties = schema.get("properties", {})
@@ -40,7 +43,9 @@ def typed_config_values(value, schema):
     kinds = schema_types(schema)
     if isinstance(value, str) and kinds and "string" not in kinds:
         parsed = yaml.safe_load(value)
-        if isinstance(parsed, str) and "number" in kinds:  # YAML 1.1 reads 1e-3 as a string
+        if (
+            isinstance(parsed, str) and "number" in kinds
+        ):  # YAML 1.1 reads 1e-3 as a string
             try:
                 return float(parsed)
             except ValueError:

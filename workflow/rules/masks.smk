@@ -64,7 +64,9 @@ rule draw_pictures:
     log:
         "logs/{dataset}/masks/{run}/{sequence}.pictures.log",
     params:
-        pictures=lambda wildcards: json.dumps(config["infer"]["pictures"], sort_keys=True),
+        pictures=lambda wildcards: json.dumps(
+            config["infer"]["pictures"], sort_keys=True
+        ),
     shell:
         """
         python -m lrtl.pictures \
