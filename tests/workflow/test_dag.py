@@ -191,3 +191,56 @@ def test_named_target_sets_and_sequence_subsets_write_their_own_table_folders(wo
                                      "workflow/overlays/fbms59-sample.yaml"])
 def test_shipped_overlays_name_their_tables_folder(overlay: str) -> None:
     assert yaml.safe_load((REPO / overlay).read_text())["targets"]["name"]
+
+
+def _folder_dataset(workdir: Path, names: list[str], n_frames: int = 3) -> Path:
+    """A `folder` layout dataset of tiny PNG sequences and an overlay that targets it."""
+    import numpy as np
+    from PIL import Image
+
+    root = workdir / "videos"
+    for name in names:
+        (root / name).mkdir(parents=True)
+        for t in range(n_frames):
+            Image.fromarray(np.full((16, 24, 3), 40 * t, np.uint8)).save(root / name / f"{t:05d}.png")
+    base = yaml.safe_load((REPO / "config.yaml").read_text())["datasets"]["synthetic"]
+    spec = {**base, "layout": "folder", "root": str(root), "resolution": "",
+            "evaluate": {**base["evaluate"], "label": "Mine"}}
+    overlay = workdir / "mine.yaml"
+    overlay.write_text(yaml.safe_dump({"targets": {"name": "mine", "datasets": ["mine"]}, "datasets": {"mine": spec},
+                                       "frames": {"height": 16, "width": 24}}))
+    return overlay
+
+
+def test_unknown_only_sequences_and_empty_sequence_folders_stop_the_run_naming_them(workdir: Path) -> None:
+    proc = snakemake(workdir, "-n", "--configfile", str(TEST_CONFIG), "--config", "only_sequences=[synth-0001]",
+                     check=False)
+    assert proc.returncode != 0 and "only_sequences: synth-0001 not among the sequences" in proc.stdout + proc.stderr
+    overlay = _folder_dataset(workdir, ["walk", "run"])
+    (workdir / "videos" / "empty").mkdir()
+    proc = snakemake(workdir, "-n", "--configfile", str(overlay), check=False)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "videos/empty: sequence folder(s) with no image files" in text
+
+
+def test_replacing_one_raw_frame_rebuilds_that_sequence_only(workdir: Path) -> None:
+    import os
+
+    overlay = _folder_dataset(workdir, ["walk", "run"])
+    targets = ["results/mine/frames/walk.zarr", "results/mine/frames/run.zarr"]
+    snakemake(workdir, *targets, "--cores", "1", "--configfile", str(overlay))
+    assert "Nothing to be done" in snakemake(workdir, *targets, "-n", "--configfile", str(overlay)).stdout
+    import numpy as np
+    from PIL import Image
+
+    folder_time = (workdir / "videos" / "walk").stat().st_mtime_ns
+    frame = workdir / "videos" / "walk" / "00001.png"
+    store_time = (workdir / targets[0] / "zarr.json").stat().st_mtime_ns
+    Image.fromarray(np.full((16, 24, 3), 200, np.uint8)).save(frame)  # a frame fixed in place
+    later = max(frame.stat().st_mtime_ns, store_time + 10**9)
+    os.utime(frame, ns=(later, later))  # newer than the store even on a coarse-clock file system
+    assert (workdir / "videos" / "walk").stat().st_mtime_ns == folder_time  # the folder looks unchanged
+    proc = snakemake(workdir, *targets, "-n", "--configfile", str(overlay))
+    assert job_counts(proc.stdout) == {"prepare_frames": 1}
+    outputs = [line.split(":", 1)[1].strip() for line in proc.stdout.splitlines() if line.strip().startswith("output:")]
+    assert outputs == ["results/mine/frames/walk.zarr"]
