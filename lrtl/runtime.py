@@ -55,7 +55,7 @@ def resolve_device(name: str, key: str = "device") -> torch.device:
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in 4 MiB blocks (weights files are hundreds of MB); a file unchanged since
+    """Hex sha256 of a file (hashlib.file_digest: read in blocks, weights files are hundreds of MB); a file unchanged since
     the last call in this process (same path, size and mtime) is not read again."""
     stat = os.stat(path)
     return _sha256(os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
@@ -63,11 +63,8 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 @functools.lru_cache(maxsize=16)
 def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def input_identity(paths: Iterable[str | os.PathLike | None]) -> dict[str, list[int]]:

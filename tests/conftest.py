@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 import yaml
+from snakemake.utils import update_config
 
 CONFIG = Path(__file__).resolve().parents[1] / "config.yaml"
 
@@ -33,16 +34,13 @@ def _config() -> dict[str, Any]:
     return yaml.safe_load(CONFIG.read_text())
 
 
-def _merge(base: dict[str, Any], overrides: dict[str, Any], where: str) -> dict[str, Any]:
-    merged = copy.deepcopy(base)
+def _check_keys(base: dict[str, Any], overrides: dict[str, Any], where: str) -> None:
+    """A test may only override keys config.yaml has (so that it cannot silently pass a stale key)."""
     for key, value in overrides.items():
-        if key not in merged:
+        if key not in base:
             raise KeyError(f"{CONFIG} has no key {where}.{key}; fix the test's override or add the key there")
-        if isinstance(value, dict) and isinstance(merged[key], dict):
-            merged[key] = _merge(merged[key], value, f"{where}.{key}")
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
+        if isinstance(value, dict) and isinstance(base[key], dict):
+            _check_keys(base[key], value, f"{where}.{key}")
 
 
 def config_section(name: str, **overrides: Any) -> dict[str, Any]:
@@ -52,7 +50,10 @@ def config_section(name: str, **overrides: Any) -> dict[str, Any]:
         if not isinstance(section, dict) or part not in section:
             raise KeyError(f"{CONFIG} has no section {name}")
         section = section[part]
-    return _merge(section, overrides, name)
+    _check_keys(section, overrides, name)
+    merged = copy.deepcopy(section)
+    update_config(merged, copy.deepcopy(overrides))
+    return merged
 
 
 def tiny_model(**overrides: Any) -> dict[str, Any]:

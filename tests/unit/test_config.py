@@ -8,6 +8,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
+from snakemake.utils import update_config
 
 from lrtl.baseline import BaselineParams
 from lrtl.evaluate import EvaluateParams
@@ -41,9 +42,9 @@ def load(path: Path) -> dict:
 
 
 def merge(base: dict, override: dict) -> dict:
+    """The workflow's merge of an overlay into config.yaml (Snakemake's own update_config)."""
     out = copy.deepcopy(base)
-    for key, value in override.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    update_config(out, copy.deepcopy(override))
     return out
 
 

@@ -7,7 +7,7 @@ import shlex
 import pandas as pd
 import yaml
 
-from snakemake.utils import validate
+from snakemake.utils import update_config, validate
 
 import lrtl.datasets
 from lrtl.cli import StageError
@@ -84,15 +84,12 @@ def check_targets():
 check_targets()
 
 
-def deep_merge(base, override):
-    """A copy of `base` with `override` merged in recursively (override wins)."""
-    merged = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
+def merged(base, *overrides):
+    """A copy of `base` with each override merged in recursively (snakemake.utils.update_config; later wins)."""
+    result = copy.deepcopy(base)
+    for override in overrides:
+        update_config(result, copy.deepcopy(override))
+    return result
 
 
 def read_sheet(path):
@@ -248,9 +245,8 @@ def run_params(wildcards):
     then train.runs.<run>."""
     gaps = dataset_gaps(wildcards.dataset)
     per_dataset = {} if gaps is None else {"data": {"gaps": gaps}}
-    params = deep_merge(
-        deep_merge(config["train"]["defaults"], per_dataset),
-        config["train"]["runs"][wildcards.run],
+    params = merged(
+        config["train"]["defaults"], per_dataset, config["train"]["runs"][wildcards.run]
     )
     backbone = params["model"]["backbone"]
     used = BACKBONE_KEYS[backbone["name"]]
