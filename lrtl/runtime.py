@@ -55,8 +55,8 @@ def resolve_device(name: str, key: str = "device") -> torch.device:
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file (hashlib.file_digest: read in blocks, weights files are hundreds of MB); a file unchanged since
-    the last call in this process (same path, size and mtime) is not read again."""
+    """Hex sha256 of a file (hashlib.file_digest reads it in blocks; weights files are hundreds of MB); a file
+    unchanged since the last call in this process (same path, size and mtime) is not read again."""
     stat = os.stat(path)
     return _sha256(os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
 
