@@ -15,7 +15,7 @@ Items are keyed by an integer: item `key` is drawn by a generator seeded with (s
 items is the same for any number of DataLoader workers and a resumed run continues it exactly.
 
 Frames and flow of every sequence are preloaded (resized) once; tracks are read per query frame through
-`lrtl.tracks.open_sequence_tracks` and kept in a per-process LRU cache.
+`lrtl.track_store.open_sequence_tracks` and kept in a per-process LRU cache.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from lrtl.flow import resize_flow
 from lrtl.model import resize_rgb
 from lrtl.params import Params
 from lrtl.runtime import limit_threads
+from lrtl.track_store import SequenceTracks, open_sequence_tracks
 
 log = logging.getLogger(__name__)
 
@@ -307,9 +308,7 @@ def loss_flow(flow: np.ndarray, params: DataParams) -> np.ndarray:
     return np.clip(out, -params.flow_clamp, params.flow_clamp, out=out)
 
 
-def open_tracks(index_json: str | os.PathLike):
-    from lrtl.tracks import open_sequence_tracks  # the tracks stage's reader; imported lazily
-
+def open_tracks(index_json: str | os.PathLike) -> SequenceTracks:
     return open_sequence_tracks(index_json)
 
 

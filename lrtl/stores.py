@@ -15,7 +15,7 @@ masks    results/{dataset}/masks/{run}/{sequence}.zarr
     soft      float16 [T, K, h, w]   softmax masks of the model
     merged    float16 [T, 2, h, w]   the K masks merged into 2 groups (sum of soft masks per group)
     attrs: run, k, height, width, merge
-tracks   results/{dataset}/tracks/{sequence}/chunk-{chunk}.zarr   (see lrtl.tracks for the layout)
+tracks   results/{dataset}/tracks/{sequence}/chunk-{chunk}.zarr   (see lrtl.track_store for the layout)
 """
 
 from __future__ import annotations
