@@ -124,6 +124,8 @@ def test_validation_reports_the_last_and_the_best_checkpoint(first_run):
     best_ckpt = torch.load(root / "run" / "best.pt", weights_only=False)
     assert best_ckpt["step"] == summary["best"]["step"] and best_ckpt["val_j"] == best["val_j"]
     assert "ground-truth" in best_ckpt["selected_on"]
+    assert best_ckpt["checkpoint_rule"] == "best_on_gt"  # lrtl.tables labels masks of it GT-selected
+    assert torch.load(root / "run" / "model.pt", weights_only=False)["checkpoint_rule"] == "last"
 
 
 def test_without_ground_truth_best_is_the_last_model(inputs, tmp_path):

@@ -15,6 +15,7 @@ from lrtl.flow import FlowParams
 from lrtl.frames import FramesParams
 from lrtl.infer import InferParams
 from lrtl.params import ParamsError
+from lrtl.pictures import PicturesParams
 from lrtl.synthetic import SyntheticParams
 from lrtl.tracks import TracksParams
 from lrtl.train import TrainParams
@@ -71,7 +72,11 @@ def test_a_misspelt_key_is_rejected_by_the_schema_naming_it() -> None:
      ("infer", InferParams), ("baseline", BaselineParams), ("evaluate", EvaluateParams)],
 )
 def test_every_stage_accepts_its_config_section(section: str, params: type) -> None:
-    params.from_mapping(CONFIG[section], section)
+    """infer.pictures is the draw_pictures rule's section (lrtl.pictures), passed apart from the infer params."""
+    mapping = {key: value for key, value in CONFIG[section].items() if (section, key) != ("infer", "pictures")}
+    params.from_mapping(mapping, section)
+    if section == "infer":
+        PicturesParams.from_mapping(CONFIG["infer"]["pictures"], "infer.pictures")
 
 
 @pytest.mark.parametrize("run", sorted(CONFIG["train"]["runs"]))

@@ -105,13 +105,15 @@ def test_converted_checkpoint_runs_through_lrtl_infer(reference, narrow_vit, tmp
     frames = tmp_path / "frames.zarr"
     stores.write_frames(frames, rgb, np.zeros((1, 64, 96), bool), np.array([0]), dataset="fixture", sequence="s")
     params = config_section("infer", device="cpu", batch_size=2, merge_features="decoder", dino_weights=None)
+    params.pop("pictures")  # the draw_pictures rule's section
     out = tmp_path / "masks.zarr"
     infer_main(["--model", str(model), "--frames", str(frames), "--params", json.dumps(params), "--run", "released",
-                "--out", str(out), "--pictures", str(tmp_path / "pictures")])  # fmt: skip
+                "--out", str(out)])  # fmt: skip
     soft, merged, attrs = stores.read_masks(out)
     assert soft.shape == (4, 4, 64, 96) and merged.shape[:2] == (4, 2)
     assert np.abs(soft[:2] - reference["masks"].numpy()).max() < 1e-3  # the reference's masks, stored as float16
     assert attrs["compat"] == "reference" and attrs["checkpoint_step"] == 19999
+    assert attrs["checkpoint_rule"] == "released"  # Table 1 labels the row "released checkpoint, scored by lrtl"
 
 
 def test_key_permutation_maps_reference_channel_order_to_lrtl():
