@@ -12,7 +12,7 @@ rule infer_masks:
     benchmark:
         "benchmarks/{dataset}/masks/{run}/{sequence}.tsv"
     wildcard_constraints:
-        run="|".join(PIPELINE_RUNS),
+        run="|".join(PIPELINE_RUNS + [RELEASED_RUN]),
     threads: 2
     resources:
         gpu=model_gpus,
@@ -64,7 +64,9 @@ rule draw_pictures:
     log:
         "logs/{dataset}/masks/{run}/{sequence}.pictures.log",
     params:
-        pictures=lambda wildcards: json.dumps(config["infer"]["pictures"], sort_keys=True),
+        pictures=lambda wildcards: json.dumps(
+            config["infer"]["pictures"], sort_keys=True
+        ),
     shell:
         """
         python -m lrtl.pictures \
