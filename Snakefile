@@ -11,12 +11,14 @@
 # results/{dataset}/train/{run}/best.pt                   best validation J on annotated frames: GT-selected, a diagnostic
 # results/{dataset}/train/{run}/metrics.jsonl, loss.png   losses, lr, it/s, memory, validation J; the curves
 # results/{dataset}/train/{run}.state/                    resume state (not a declared output)
+# results/{dataset}/train/released/model.pt               the authors' released checkpoint, converted (run `released`)
 # results/{dataset}/masks/{run}/{sequence}.zarr           soft masks [T,K,h,w] + merged [T,2,h,w]
 # results/{dataset}/masks/{run}/{sequence}/               binary mask PNGs, overlay sheet, GIF, K-mask picture
 # results/{dataset}/masks/baseline/{sequence}.zarr        no-learning baseline masks from flow
 # results/{dataset}/metrics/{run}/{sequence}.tsv          per-frame IoU / boundary F of every annotated frame
 # results/tables/[{name}/]                                paper-style tables (.md, .csv, .tex) and pictures; {name} =
 #                                                         targets.name ("" for the default run)
+# results/tables/[{name}/]released/                       Table 1 of the released checkpoints alone (rule released)
 # `all` asks for every artefact above, so a deleted intermediate is rebuilt with exactly what depends on it.
 #
 # logs/... and benchmarks/...                             the output path with results/ -> logs/ (.log) or benchmarks/ (.tsv)
@@ -58,6 +60,13 @@ rule paper:
     # (snakemake paper --configfile config.paper.yaml).
     input:
         all_tables,
+
+
+rule released:
+    # The authors' released checkpoints (weights.released), converted and scored by this pipeline on the target
+    # datasets that have one: results/tables/[<name>/]released/ (snakemake released --configfile config.paper.yaml).
+    input:
+        rules.make_released_tables.output,
 
 
 rule all_frames:

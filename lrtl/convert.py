@@ -228,6 +228,7 @@ def run_convert(*, reference: Path, model_cfg: dict[str, Any], out: Path) -> Non
         "git_sha": None,
         "backbone_sha256": getattr(model.backbone, "weights_sha256", None),
         "selected_on": "released by the authors (karazijal/lrtl), converted by lrtl.convert",
+        "checkpoint_rule": "released",  # lrtl.tables labels its rows "released checkpoint, scored by lrtl"
         "converted_from": {"path": str(reference), "sha256": file_sha256(reference), **info},
     }
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -60,6 +60,10 @@ class DataParams(Params):
     flip: float  # probability of the shared horizontal flip (paper 0.5)
     workers: int  # DataLoader worker processes (0 = load in the training process)
     cache_queries: int  # query frames of tracks kept in memory per process (LRU)
+    sampling: str  # frame_uniform (the reference: every (sequence, gap, frame) item equally) | sequence_uniform
+
+
+SAMPLINGS = ("frame_uniform", "sequence_uniform")
 
 
 @dataclasses.dataclass
@@ -73,6 +77,29 @@ class SequenceData:
 
 
 # --------------------------------------------------------------------------- pure sampling steps
+
+
+def draw_item(
+    rng: np.random.Generator, n_frames: Sequence[int], gaps: Sequence[int], sampling: str
+) -> tuple[int, int, int]:
+    """(sequence index, gap, base frame F) of one training item (METHOD.md §5, §11 item 15).
+
+    frame_uniform: uniform over every (sequence, gap, F) with F + gap inside the sequence, as the reference's
+    shuffled item list (karazijal/lrtl datasets/scan_dataset_2.py), so a sequence is drawn in proportion to its
+    length; drawn with replacement per key where the reference shuffles once per epoch (the same frequencies).
+    sequence_uniform: a sequence uniformly, then a gap, then F: every sequence equally often, whatever its length.
+    """
+    if sampling == "sequence_uniform":
+        seq = int(rng.integers(len(n_frames)))
+        gap = int(gaps[rng.integers(len(gaps))])
+        return seq, gap, int(rng.integers(0, n_frames[seq] - gap))
+    if sampling != "frame_uniform":
+        raise StageError(f"train.data.sampling must be one of {SAMPLINGS}, not {sampling!r}")
+    counts = np.array([max(n - gap, 0) for n in n_frames for gap in gaps])  # items per (sequence, gap)
+    index = int(rng.integers(counts.sum()))
+    cell = int(np.searchsorted(np.cumsum(counts), index, side="right"))
+    seq, gap_index = divmod(cell, len(gaps))
+    return seq, int(gaps[gap_index]), index - int(counts[:cell].sum())
 
 
 def item_frames(n_frames: int, base: int, gap: int, offset: int) -> list[int]:
@@ -320,6 +347,8 @@ class TrainItems(torch.utils.data.Dataset):
     ):
         if not sequences:
             raise StageError("no training sequences")
+        if params.sampling not in SAMPLINGS:
+            raise StageError(f"train.data.sampling must be one of {SAMPLINGS}, not {params.sampling!r}")
         self.sequences = list(sequences)
         self.params = params
         self.seed = seed
@@ -379,11 +408,9 @@ class TrainItems(torch.utils.data.Dataset):
     def item_plan(self, key: int) -> tuple[np.random.Generator, int, int, list[int], bool]:
         """(generator, sequence index, gap, 4 frames, flip) of item `key`."""
         rng = np.random.default_rng([self.seed, key])
-        seq = int(rng.integers(len(self.sequences)))
-        gap = int(self.params.gaps[rng.integers(len(self.params.gaps))])
-        n_frames = self.sequences[seq].n_frames
-        base = int(rng.integers(0, n_frames - gap))
-        frames = item_frames(n_frames, base, gap, self.params.pair_offset)
+        lengths = [sequence.n_frames for sequence in self.sequences]
+        seq, gap, base = draw_item(rng, lengths, self.params.gaps, self.params.sampling)
+        frames = item_frames(lengths[seq], base, gap, self.params.pair_offset)
         flip = bool(rng.random() < self.params.flip)
         return rng, seq, gap, frames, flip
 

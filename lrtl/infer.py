@@ -237,7 +237,7 @@ def run_infer(
         params=params.to_dict(),
         model=str(model),
         checkpoint_step=provenance.get("step"),
-        checkpoint_rule="last",
+        checkpoint_rule=provenance.get("checkpoint_rule") or "last",  # best_on_gt, released; older models: last
         seed=_find_key(train_params, "seed"),
         compat=_find_key(train_params, "compat"),
     )

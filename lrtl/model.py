@@ -479,7 +479,8 @@ def load_checkpoint(
     cfg["checkpoint"] = {
         key: checkpoint.get(key)
         for key in (
-            "step", "lrtl_version", "git_sha", "params", "torch_version", "backbone_sha256", "validation", "selected_on"
+            "step", "lrtl_version", "git_sha", "params", "torch_version", "backbone_sha256", "validation",
+            "selected_on", "checkpoint_rule",
         )
     }
     return model, cfg

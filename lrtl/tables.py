@@ -10,7 +10,8 @@ reported x100. The official DAVIS measures (mean, recall, decay of J and F) are 
 averaged over sequences, as the official DAVIS evaluation does.
 
 Files written into --out-dir (every one for every configured dataset / ablation, even when empty):
-    table1.{md,csv,tex}                     runs + no-learning baselines + quoted published numbers
+    table1.{md,csv,tex}                     runs + released checkpoints + no-learning baselines + quoted published
+                                            numbers, each row's `source` saying which (SOURCES)
     ablation-{group}.{md,csv,tex}           one per entry of params.ablations
     per-sequence-{dataset}.{md,csv,tex}     per-sequence J (and F) of every run
     per-sequence-{dataset}.png              bar chart of per-sequence J
@@ -46,6 +47,14 @@ AGGREGATES = ("per_sequence", "per_frame")
 BASELINE_RUN = "baseline"  # run name of lrtl.baseline's masks
 ALL_FOREGROUND = "all-foreground"  # pseudo-run from the j_all_foreground column
 QUOTED_DATASETS = ("davis2016", "segtrackv2", "fbms59")
+RELEASED_METHOD = "LRTL released checkpoint, scored by lrtl"  # Table 1 method of the released checkpoints' rows
+# Table 1 `source` of a computed row, by the checkpoint rule lrtl.infer records in its masks
+SOURCES = {
+    "last": "ours, last checkpoint",
+    "best_on_gt": "ours, GT-selected best checkpoint (a diagnostic)",
+    "released": "released checkpoint (karazijal/lrtl), scored by lrtl",
+}
+NO_LEARNING = "ours, no learning"
 MISSING = "–"
 
 # Published J x100 (METHOD.md §10): (method, {dataset: value}, notes, status). Not produced by this pipeline.
@@ -251,13 +260,23 @@ def results_columns(
     return out
 
 
+def row_source(table: pd.DataFrame, run: str) -> tuple[str, str]:
+    """(method, source) of a computed Table 1 row: the run name, labelled by the checkpoint rule of its masks
+    (SOURCES); the released checkpoints' rows read RELEASED_METHOD."""
+    if run in (BASELINE_RUN, ALL_FOREGROUND):
+        return run, NO_LEARNING
+    rules = provenance(table, run)["checkpoint"].split(", ")
+    method = RELEASED_METHOD if rules == ["released"] else run
+    return method, "; ".join(SOURCES.get(rule, "ours") for rule in rules)
+
+
 def table1(table: pd.DataFrame, datasets: Mapping[str, DatasetTableParams], quoted: bool) -> pd.DataFrame:
     rows = []
     for run in run_order(table):
-        source = "ours" if run not in (BASELINE_RUN, ALL_FOREGROUND) else "ours, no learning"
+        method, source = row_source(table, run)
         rows.append(
             {
-                "method": run,
+                "method": method,
                 "source": source,
                 **provenance(table, run),
                 **results_columns(table, run, datasets),
@@ -434,11 +453,15 @@ def write_table(out_dir: Path, stem: str, frame: pd.DataFrame, title: str, pream
 def protocol_note(datasets: Mapping[str, DatasetTableParams]) -> str:
     lines = [
         "Numbers are J (region IoU) x100, and F (boundary F-measure, DAVIS definition) x100 where shown.",
-        "- **Ours** (`source` = ours): computed by lrtl from its own masks; `method` is the run name, "
-        "with its training `seed`, `compat` mode and the checkpoint rule (`last`: the final checkpoint, "
-        "no GT used for model selection). `baseline` is the no-learning flow-threshold baseline "
-        "(lrtl.baseline); "
+        "- **Ours** (`source` = ours, ...): computed by lrtl from its own masks; `method` is the run name, "
+        "with its training `seed`, `compat` mode and the checkpoint rule: `last` (the final checkpoint, no GT "
+        "used for model selection; every result) or `best_on_gt` (the best validation J, selected on labels: "
+        "a diagnostic). `baseline` is the no-learning flow-threshold baseline (lrtl.baseline); "
         "`all-foreground` marks every pixel as foreground.",
+        f"- **Released** (`source` = {SOURCES['released']}): `{RELEASED_METHOD}`, the authors' trained "
+        "checkpoint of each dataset (karazijal/lrtl README: davis_alt_best, stv2_best, fbms_best; the reference "
+        "picked them on ground truth), converted by lrtl.convert and scored by this pipeline's inference and "
+        "evaluation (checkpoint rule `released`).",
         "- **Quoted** (`source` = quoted): published numbers copied from METHOD.md §10, NOT produced by this "
         "pipeline; `status` says how well each number is sourced (confirmed / secondary / unconfirmed).",
         "- Per frame: the K masks are merged to 2 without labels, upsampled to GT resolution, thresholded at "
@@ -548,11 +571,11 @@ def summary_text(main_table: pd.DataFrame, datasets: Mapping[str, DatasetTablePa
     lines = [
         "# Summary",
         "",
-        "J x100 of our runs (computed by lrtl; checkpoint rule `last`). "
+        "J x100 of every row computed by lrtl (our runs and any released checkpoints; `source` says which). "
         "See table1.md for quoted published numbers and the protocol.",
         "",
     ]
-    columns = ["method", "seed", *[c for c in ours.columns if c.endswith(" J")]] if not ours.empty else []
+    columns = ["method", "source", "seed", *[c for c in ours.columns if c.endswith(" J")]] if not ours.empty else []
     lines.append(to_markdown(ours[columns]) if columns else "_no results_\n")
     return "\n".join(lines)
 

@@ -518,7 +518,8 @@ def run_train(
                 log.info("step %d validation J %.4f on %d annotated frames", step, val_j, len(validation.gt))
                 if best_val is None or val_j > best_val["val_j"]:
                     best_val = {"step": step, "val_j": val_j}
-                    save_checkpoint(best_state, model, params, step, selected_on=SELECTED_ON_GT, val_j=val_j)
+                    save_checkpoint(best_state, model, params, step, selected_on=SELECTED_ON_GT, val_j=val_j,
+                                    checkpoint_rule="best_on_gt")
                 tic = time.perf_counter()  # validation time is not training time
             if step % params.checkpoint_every == 0 or step == params.iterations:
                 save_checkpoint(last, model, params, step, optimizer, validation_best=best_val,
@@ -534,13 +535,14 @@ def run_train(
                    "frames": val_rows[-1]["val_frames"], "best_selected_on": SELECTED_ON_GT}
         log.info("validation J: last %.4f (step %d); best %.4f (step %d, %s)", summary["last"]["val_j"],
                  summary["last"]["step"], best_val["val_j"], best_val["step"], SELECTED_ON_GT)
-    save_checkpoint(out, model, params, step, validation=summary)
+    save_checkpoint(out, model, params, step, validation=summary, checkpoint_rule="last")
     if best is not None:
         if summary is not None and best_state.is_file():
             with atomic_path(best) as tmp:
                 shutil.copyfile(best_state, tmp)
         else:
-            save_checkpoint(Path(best), model, params, step, selected_on="last step (no ground truth to validate on)")
+            save_checkpoint(Path(best), model, params, step, selected_on="last step (no ground truth to validate on)",
+                            checkpoint_rule="last")
     write_text(metrics, "".join(json.dumps(row) + "\n" for row in rows))
     write_curve(rows, curve, f"{params.model.backbone.name}, K={params.model.k}, {step} steps")
     shutil.rmtree(state_dir)  # finished: the state is never resumed into another job

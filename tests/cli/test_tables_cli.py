@@ -22,14 +22,14 @@ PARAMS = {  # as workflow/rules/common.smk tables_params_json builds it: per-dat
 }
 
 
-def frame_rows(dataset, sequence, run, js, n_frames, first_frame=2, seed=0):
+def frame_rows(dataset, sequence, run, js, n_frames, first_frame=2, seed=0, rule="last"):
     """Rows for frames first_frame, first_frame+1, ... with the given J (and F = J / 2)."""
     rows = []
     for offset, j in enumerate(js):
         frame = first_frame + offset
         rows.append({
             "dataset": dataset, "sequence": sequence, "run": run, "seed": seed, "compat": "fixed",
-            "checkpoint_rule": "last", "frame": frame, "n_frames": n_frames, "j_0": j, "j_1": 0.0, "j": j,
+            "checkpoint_rule": rule, "frame": frame, "n_frames": n_frames, "j_0": j, "j_1": 0.0, "j": j,
             "chosen": 0, "f": j / 2, "scored_reference": 2 <= frame <= n_frames - 2,
             "scored_official": 1 <= frame <= n_frames - 2, "scored_annotated": frame <= n_frames - 2,
             "gt_fraction": 0.25, "j_all_foreground": 0.25, "oracle_merge_do_not_use": 1.0,
@@ -71,7 +71,7 @@ def test_aggregation_rules_differ_as_computed_by_hand(tmp_path, tsvs):
     assert full["FRM J"] == pytest.approx(25.0)
     assert full["SEQ F"] == pytest.approx(25.0)
     assert "FRM F" not in table.columns
-    assert full["source"] == "ours" and str(full["seed"]) == "0" and full["checkpoint"] == "last"
+    assert full["source"] == "ours, last checkpoint" and str(full["seed"]) == "0" and full["checkpoint"] == "last"
     baseline = table[table["method"] == "baseline"].iloc[0]
     assert baseline["source"] == "ours, no learning" and baseline["SEQ J"] == pytest.approx(50.0)
     allfg = table[table["method"] == "all-foreground"].iloc[0]
@@ -102,6 +102,29 @@ def test_all_files_are_written_and_labelled(tmp_path, tsvs):
     measures = pd.read_csv(out / "measures-seqwise.csv")
     assert measures.loc[measures["run"] == "full", "J mean"].item() == pytest.approx(50.0)
     assert "25.0" in (out / "summary.md").read_text()
+
+
+def test_table1_labels_each_row_by_its_source(tmp_path, tsvs):
+    """Quoted / ours (last) / ours (GT-selected best, a diagnostic) / released checkpoint, scored by lrtl."""
+    extra = [
+        write_tsv(tmp_path / f"{dataset}-{run}.tsv", frame_rows(dataset, "a", run, [0.75], 4, seed=seed, rule=rule))
+        for dataset in DATASET_RULES
+        for run, rule, seed in (("full_best", "best_on_gt", 0), ("released", "released", None))
+    ]
+    out = run(tmp_path, [*tsvs, *extra])
+    table = pd.read_csv(out / "table1.csv").set_index("method")
+    assert table.loc["full", "source"] == "ours, last checkpoint"
+    assert table.loc["full_best", "source"] == "ours, GT-selected best checkpoint (a diagnostic)"
+    released = table.loc["LRTL released checkpoint, scored by lrtl"]
+    assert released["source"] == "released checkpoint (karazijal/lrtl), scored by lrtl"
+    assert released["checkpoint"] == "released" and released["SEQ J"] == pytest.approx(75.0)
+    assert table.loc["baseline", "source"] == "ours, no learning"
+    assert (table.loc[table.index.str.startswith("LRTL (NeurIPS"), "source"] == "quoted").all()
+    assert list(table.index[:3]) == ["full", "full_best", "LRTL released checkpoint, scored by lrtl"]
+    md = (out / "table1.md").read_text()
+    assert "davis_alt_best" in md and "`best_on_gt`" in md
+    summary = (out / "summary.md").read_text()
+    assert "LRTL released checkpoint, scored by lrtl" in summary and "| quoted |" not in summary
 
 
 def test_unknown_dataset_is_an_error(tmp_path, tsvs, capsys):

@@ -5,10 +5,11 @@ from __future__ import annotations
 import copy
 import json
 
+import numpy as np
 import pytest
 import torch
 
-from lrtl import train
+from lrtl import data, losses, train
 from lrtl.model import load_checkpoint
 from tests.conftest import config_section, tiny_model
 from tests.unit.test_data import build_training_inputs
@@ -123,6 +124,8 @@ def test_validation_reports_the_last_and_the_best_checkpoint(first_run):
     best_ckpt = torch.load(root / "run" / "best.pt", weights_only=False)
     assert best_ckpt["step"] == summary["best"]["step"] and best_ckpt["val_j"] == best["val_j"]
     assert "ground-truth" in best_ckpt["selected_on"]
+    assert best_ckpt["checkpoint_rule"] == "best_on_gt"  # lrtl.tables labels masks of it GT-selected
+    assert torch.load(root / "run" / "model.pt", weights_only=False)["checkpoint_rule"] == "last"
 
 
 def test_without_ground_truth_best_is_the_last_model(inputs, tmp_path):
@@ -179,11 +182,73 @@ def test_zero_weight_terms_are_not_computed(inputs, tmp_path):
     assert "loss_flow" in rows[-1] and "loss_traj" not in rows[-1] and "loss_temp" not in rows[-1]
 
 
-def test_reference_compat_runs(inputs, tmp_path):
+def spied_run(inputs, root, params, monkeypatch):
+    """A run whose gradient clips, temporal-loss centre indices and flips are recorded as they happen."""
+    seen = {"clip": [], "centre": [], "flip": []}
+    real_clip, real_centre, real_flip = torch.nn.utils.clip_grad_norm_, losses._centre_index, data.flip_item
+
+    def clip(parameters, max_norm, *args, **kwargs):
+        seen["clip"].append(max_norm)
+        return real_clip(parameters, max_norm, *args, **kwargs)
+
+    def centre(t_index, n_context, compat_reference):
+        used = real_centre(t_index, n_context, compat_reference)
+        seen["centre"].append((t_index.tolist(), used.tolist(), n_context))
+        return used
+
+    def flip(item, width, negate_u):
+        flipped = real_flip(item, width, negate_u)
+        seen["flip"].append((item["flow"], flipped["flow"]))
+        return flipped
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip)
+    monkeypatch.setattr(losses, "_centre_index", centre)
+    monkeypatch.setattr(data, "flip_item", flip)  # workers 0: items are built in this process
+    rows = loss_rows(run(inputs, root, params))
+    monkeypatch.undo()
+    return rows, seen
+
+
+@pytest.mark.parametrize("compat", ["reference", "fixed"])
+def test_reference_compat_restores_the_reference_behaviours(inputs, tmp_path, monkeypatch, compat):
+    """compat: reference (METHOD.md §11 items 1-3, 7), read off the run itself: gradient clip 0.01 (fixed: the
+    configured 1.0), lr and temporal ramp on the nominal 160k horizon (fixed: the run's 4 steps), the temporal
+    loss centred on the window's middle frame (fixed: the item's t_index), flow u kept on a flip (fixed: negated)."""
     params = copy.deepcopy(PARAMS)
-    params.update(compat="reference", iterations=2)
-    rows = loss_rows(run(inputs, tmp_path, params))
-    assert rows[-1]["step"] == 2
+    params.update(compat=compat, iterations=4)
+    reference = compat == "reference"
+    rows, seen = spied_run(inputs, tmp_path, params, monkeypatch)
+    assert [row["step"] for row in rows] == [1, 2, 3, 4]
+
+    # item 2: the clip actually used at every step
+    assert seen["clip"] == [0.01 if reference else params["optim"]["grad_clip"]] * 4
+    assert params["optim"]["grad_clip"] == 1.0
+
+    # item 3: row s logs step s - 1's lr: warm-up over round(0.25 * 4) = 1 step, then poly 0.9 to the horizon
+    horizon = 160_000 if reference else 4
+    base = params["optim"]["lr"]
+    expected_lr = [base * 1e-6] + [base * (1 - k / horizon) ** 0.9 for k in (1, 2, 3)]
+    assert [row["lr"] for row in rows] == pytest.approx(expected_lr, rel=1e-9)
+    ramp = [0.001 + 0.999 * min(k / horizon, 1.0) for k in range(4)]  # temporal weight a(it)
+    w_temp = params["loss"]["w_temp"]
+    assert [row["loss_temp"] for row in rows] == pytest.approx(
+        [w_temp * a * row["loss_raw_temp"] for a, row in zip(ramp, rows, strict=True)], rel=1e-5
+    )
+
+    # item 1: the centre index of the temporal loss (C = 9 -> 4 for every frame in the reference)
+    assert seen["centre"] and all(n == params["data"]["context"] for _, _, n in seen["centre"])
+    t_indices = [t for t_index, _, _ in seen["centre"] for t in t_index]
+    used = [c for _, centre, _ in seen["centre"] for c in centre]
+    assert any(t != 4 for t in t_indices)  # frames near the ends: the two modes differ here
+    assert used == ([4] * len(used) if reference else t_indices)
+
+    # item 7: u of the flow is mirrored with the frame and kept (fixed: negated); v is mirrored in both
+    assert seen["flip"]
+    for before, after in seen["flip"]:
+        mirrored = before[..., ::-1]
+        assert np.abs(mirrored[:, 0]).max() > 0
+        np.testing.assert_array_equal(after[:, 0], mirrored[:, 0] if reference else -mirrored[:, 0])
+        np.testing.assert_array_equal(after[:, 1], mirrored[:, 1])
 
 
 def test_bad_inputs_stop_with_a_message(inputs, tmp_path, capsys):

@@ -113,6 +113,7 @@ def test_converted_checkpoint_runs_through_lrtl_infer(reference, narrow_vit, tmp
     assert soft.shape == (4, 4, 64, 96) and merged.shape[:2] == (4, 2)
     assert np.abs(soft[:2] - reference["masks"].numpy()).max() < 1e-3  # the reference's masks, stored as float16
     assert attrs["compat"] == "reference" and attrs["checkpoint_step"] == 19999
+    assert attrs["checkpoint_rule"] == "released"  # Table 1 labels the row "released checkpoint, scored by lrtl"
 
 
 def test_key_permutation_maps_reference_channel_order_to_lrtl():

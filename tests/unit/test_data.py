@@ -201,6 +201,52 @@ def test_item_frames_and_query_frames():
     assert data.query_frames(29, 30) == [27, 28, 29]
 
 
+def _draw_counts(sampling, lengths, gaps, n_keys=40_000):
+    """How often each (sequence, gap, F) is drawn over item keys 0..n_keys-1, as TrainItems.item_plan draws them."""
+    counts: dict[tuple[int, int, int], int] = {}
+    for key in range(n_keys):
+        drawn = data.draw_item(np.random.default_rng([7, key]), lengths, gaps, sampling)
+        counts[drawn] = counts.get(drawn, 0) + 1
+    return counts
+
+
+def test_frame_uniform_sampling_draws_sequences_in_proportion_to_their_length():
+    """The reference shuffles every (sequence, gap, F) item with F + gap in the sequence: a sequence's share is
+    its number of items, (T - 1) + (T - 2) for gaps 1, 2; sequence-uniform gives each sequence the same share."""
+    lengths, gaps, n_keys = [10, 40, 90], [1, 2], 40_000
+    items = {(s, g, f) for s, n in enumerate(lengths) for g in gaps for f in range(n - g)}
+    for sampling, share in (
+        ("frame_uniform", [sum(n - g for g in gaps) / len(items) for n in lengths]),
+        ("sequence_uniform", [1 / 3] * 3),
+    ):
+        counts = _draw_counts(sampling, lengths, gaps, n_keys)
+        assert set(counts) <= items  # F + gap always inside the sequence
+        per_sequence = np.array([sum(c for (s, _, _), c in counts.items() if s == i) for i in range(3)]) / n_keys
+        # binomial standard error <= 0.0025 at 40k keys: 0.012 is about 5 of them
+        np.testing.assert_allclose(per_sequence, share, atol=0.012, err_msg=sampling)
+    counts = _draw_counts("frame_uniform", lengths, gaps, n_keys)
+    assert set(counts) == items  # every item is drawn, each about n_keys / 270 = 148 times
+    expected = n_keys / len(items)
+    assert max(abs(c - expected) for c in counts.values()) < 6 * expected**0.5
+    assert {g: sum(c for (_, gg, _), c in counts.items() if gg == g) / n_keys for g in gaps} == pytest.approx(
+        {1: 137 / 270, 2: 133 / 270}, abs=0.012
+    )
+
+
+def test_item_plan_follows_the_sampling_option(inputs):
+    """TrainItems draws its items with draw_item; an unknown sampling mode stops with the choices."""
+    for sampling in data.SAMPLINGS:
+        items = make_items(inputs, sampling=sampling)
+        lengths = [s.n_frames for s in items.sequences]
+        for key in range(20):
+            _, seq, gap, frames, _ = items.item_plan(key)
+            expected = data.draw_item(np.random.default_rng([items.seed, key]), lengths, DATA["gaps"], sampling)
+            assert (seq, gap) == expected[:2]
+            assert frames == data.item_frames(lengths[seq], expected[2], gap, DATA["pair_offset"])
+    with pytest.raises(data.StageError, match="frame_uniform"):
+        make_items(inputs, sampling="uniform")
+
+
 def _queries(n_frames=12, n=5):
     """One query frame's tracks: x = column n + frame, y = 10; custom visibility per track."""
     tracks = np.zeros((n_frames, n, 2), np.float32)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -97,10 +98,9 @@ def _sheet_rows(name: str) -> list[list[str]]:
     return [line.split("\t") for line in sheet.read_text().splitlines()[1:]]
 
 
-def test_paper_target_dry_run_covers_the_three_table1_datasets(workdir: Path) -> None:
-    """Empty frame files in the layouts users download; sheet counts left empty are counted from them."""
-    import resource
-
+def _paper_layouts(workdir: Path) -> tuple[list[list[str]], list[list[str]]]:
+    """Empty frame files of DAVIS2016, SegTrackv2 and FBMS59 in the layouts users download, under workdir/data
+    (SegTrackv2 sequence i has 10 + i frames, FBMS59 sequence i 20 + i); returns the STv2 and FBMS59 sheet rows."""
     data = workdir / "data"
     for name, _, _ in _sheet_rows("davis2016"):
         (data / "DAVIS2016" / "JPEGImages" / "480p" / name).mkdir(parents=True)
@@ -118,6 +118,14 @@ def test_paper_target_dry_run_covers_the_three_table1_datasets(workdir: Path) ->
         (folder / "GroundTruth").mkdir(parents=True)
         for k in range(1, 21 + i):
             (folder / f"{name}_{k:04d}.jpg").touch()
+    return stv2, fbms
+
+
+def test_paper_target_dry_run_covers_the_three_table1_datasets(workdir: Path) -> None:
+    """Empty frame files in the layouts users download; sheet counts left empty are counted from them."""
+    import resource
+
+    stv2, fbms = _paper_layouts(workdir)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = snakemake(workdir, "-n", "paper", "--configfile", str(REPO / "config.paper.yaml"))
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -129,7 +137,10 @@ def test_paper_target_dry_run_covers_the_three_table1_datasets(workdir: Path) ->
     assert n_eval == 20 + 14 + 30
     assert counts["prepare_frames"] == 50 + 14 + 59
     assert counts["train_model"] == 3 * n_runs
-    assert counts["evaluate_sequence"] == (n_runs + 1) * n_eval
+    assert {"full", "full_fixed"} <= set(paper["targets"]["runs"]) and paper["targets"]["released"]
+    assert counts["convert_checkpoint"] == 3  # the released checkpoints' row beside ours
+    assert counts["infer_masks"] == (n_runs + 1) * n_eval
+    assert counts["evaluate_sequence"] == (n_runs + 2) * n_eval  # + the no-learning baseline
     chunk_size = paper.get("tracks", {}).get("chunk_size") or yaml.safe_load(
         (REPO / "config.yaml").read_text())["tracks"]["chunk_size"]
     fbms_chunks = sum(math.ceil((20 + i) / chunk_size) for i in range(len(fbms)))
@@ -137,7 +148,8 @@ def test_paper_target_dry_run_covers_the_three_table1_datasets(workdir: Path) ->
     davis_chunks = sum(math.ceil(int(n) / chunk_size) for _, _, n in _sheet_rows("davis2016"))
     assert counts["track_chunk"] == davis_chunks + stv2_chunks + fbms_chunks
     assert counts["make_tables"] == 1
-    assert cpu_s < 20, f"paper dry run took {cpu_s:.1f} s of CPU"
+    n_jobs = sum(counts.values())  # 1,620: 4 runs + the released checkpoints (3 runs alone: 1,358 jobs, ~15 s)
+    assert cpu_s < 0.015 * n_jobs, f"paper dry run of {n_jobs} jobs took {cpu_s:.1f} s of CPU"
 
     # FBMS59 flows and trains on its own gaps (datasets.fbms59.gaps: 3, 6), the others on the global 1, 2.
     targets = [f"results/{d}/train/full/model.pt" for d in ("davis2016", "fbms59")]
@@ -148,8 +160,55 @@ def test_paper_target_dry_run_covers_the_three_table1_datasets(workdir: Path) ->
         params = json.loads(re.search(r"--params '(\{.*?\})'", args).group(1))
         gaps = params["gaps"] if stage == "flow" else params["data"]["gaps"]
         assert gaps == ([3, 6] if dataset == "fbms59" else [1, 2]), (stage, dataset, gaps)
+        if stage == "train":  # the paper regime: the reference's compat mode and frame-uniform items
+            assert params["compat"] == "reference" and params["data"]["sampling"] == "frame_uniform"
         seen.add((stage, dataset))
     assert seen == {(s, d) for s in ("flow", "train") for d in ("davis2016", "fbms59")}
+    proc = snakemake(workdir, "-n", "-p", "results/davis2016/train/full_fixed/model.pt", "--configfile",
+                     str(REPO / "config.paper.yaml"))
+    params = json.loads(re.search(r"python -m lrtl\.train .*?--params '(\{.*?\})'", proc.stdout, re.S).group(1))
+    assert params["compat"] == "fixed"  # lrtl's fixes, the named run beside full
+
+
+def test_released_target_downloads_converts_infers_evaluates_and_tabulates(workdir: Path) -> None:
+    """snakemake released: the authors' three checkpoints, each scored on its own dataset, nothing trained."""
+    stv2, fbms = _paper_layouts(workdir)
+    paper = str(REPO / "config.paper.yaml")
+    proc = snakemake(workdir, "-n", "-p", "released", "--configfile", paper)
+    counts = job_counts(proc.stdout)
+    n_eval = {"davis2016": 20, "segtrackv2": len(stv2), "fbms59": sum(s == "test" for _, s, _ in fbms)}
+    assert counts == {
+        "download_weights": 1,
+        "convert_checkpoint": 3,
+        "prepare_frames": sum(n_eval.values()),  # only the evaluated sequences: nothing is trained
+        "infer_masks": sum(n_eval.values()),
+        "evaluate_sequence": sum(n_eval.values()),
+        "make_released_tables": 1,
+        "released": 1,
+    }
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    checkpoints = {"davis2016": "davis_alt_best", "segtrackv2": "stv2_best", "fbms59": "fbms_best"}
+    for dataset, name in checkpoints.items():
+        spec = config["weights"]["released"][dataset]
+        assert spec["url"] == f"https://www.robots.ox.ac.uk/~vgg/research/lrtl/checkpoints/{name}.pth"
+        pair = f"{shlex.quote(spec['url'])} {shlex.quote(spec['path'])}"
+        assert pair in proc.stdout  # download_weights: set -- URL PATH ...; curl -o PATH URL for each pair
+        convert = re.search(rf"python -m lrtl\.convert\s+--reference (\S+)\s+--model '(\{{[^']*\}})'\s+"
+                            rf"--out results/{dataset}/train/released/model\.pt", proc.stdout, re.S)
+        assert convert and convert.group(1) == spec["path"], dataset
+        model = json.loads(convert.group(2))
+        assert model["backbone"]["name"] == "dino_vitb8" and model["hidden"] == 256 and model["k"] == 4
+        assert f"--model results/{dataset}/train/released/model.pt" in proc.stdout
+        assert f"results/{dataset}/metrics/released/" in proc.stdout
+    tables = re.search(r"python -m lrtl\.tables\s+--metrics ([^']*?)\s+--params '(\{[^']*\})'\s+--out-dir "
+                       r"\"\$\(dirname results/tables/paper/released/summary\.md\)\"", proc.stdout, re.S)
+    assert tables, proc.stdout[-3000:]
+    assert len(tables.group(1).split()) == sum(n_eval.values())
+    assert set(json.loads(tables.group(2))["datasets"]) == set(checkpoints)
+    # the paper Table 1 scores them beside our runs; the default (CPU) config has none to score
+    assert config["targets"]["released"] is False
+    proc = snakemake(workdir, "-n", "released", check=False)
+    assert proc.returncode != 0 and "--configfile config.paper.yaml" in proc.stdout + proc.stderr
 
 
 def test_empty_sheet_counts_without_the_data_name_the_sheet_and_the_fix(workdir: Path) -> None:

@@ -60,6 +60,7 @@ validate(config, CONFIG_SCHEMA)
 
 PIPELINE_RUNS = list(config["train"]["runs"])
 BASELINE_RUN = "baseline"
+RELEASED_RUN = "released"  # the authors' released checkpoints (weights.released), converted by convert_checkpoint
 
 
 def check_targets():
@@ -78,6 +79,11 @@ def check_targets():
         if run not in PIPELINE_RUNS:
             raise ValueError(
                 f"targets.runs: {run!r} is not under train.runs: ({', '.join(PIPELINE_RUNS)})"
+            )
+    for name in config["weights"]["released"]:
+        if name not in config["datasets"]:
+            raise ValueError(
+                f"weights.released: {name!r} is not under datasets: ({', '.join(config['datasets'])})"
             )
 
 
@@ -198,7 +204,7 @@ SEQUENCES = load_sequences()
 
 wildcard_constraints:
     dataset="|".join(config["datasets"]),
-    run="|".join(PIPELINE_RUNS + [BASELINE_RUN]),
+    run="|".join(PIPELINE_RUNS + [BASELINE_RUN, RELEASED_RUN]),
     sequence=r"[^/]+(?<!\.zarr)",  # a picture folder {sequence}/ never swallows a store {sequence}.zarr
     chunk=r"\d{3}",
     resolution=r"[^/]+",
@@ -240,6 +246,18 @@ def dataset_gaps(dataset):
     return config["datasets"][dataset]["gaps"]
 
 
+def used_backbone_keys(model):
+    """A model section whose backbone keeps only the keys its backbone reads (the others null)."""
+    backbone = model["backbone"]
+    used = BACKBONE_KEYS[backbone["name"]]
+    return {
+        **model,
+        "backbone": {
+            key: value if key in used else None for key, value in backbone.items()
+        },
+    }
+
+
 def run_params(wildcards):
     """The merged hyperparameters of one training run: train.defaults, then the dataset's own gaps (if any),
     then train.runs.<run>."""
@@ -248,12 +266,27 @@ def run_params(wildcards):
     params = merged(
         config["train"]["defaults"], per_dataset, config["train"]["runs"][wildcards.run]
     )
-    backbone = params["model"]["backbone"]
-    used = BACKBONE_KEYS[backbone["name"]]
-    params["model"]["backbone"] = {
-        key: value if key in used else None for key, value in backbone.items()
-    }
+    params["model"] = used_backbone_keys(params["model"])
     return params
+
+
+def released_model():
+    """The model section of the released checkpoints: train.defaults.model, which must be the paper model."""
+    model = used_backbone_keys(config["train"]["defaults"]["model"])
+    if model["backbone"]["name"] != "dino_vitb8":
+        raise ValueError(
+            "the released checkpoints are of the paper model (DINO ViT-B/8 backbone), but "
+            f"train.defaults.model.backbone.name is {model['backbone']['name']!r}: run with "
+            "--configfile config.paper.yaml"
+        )
+    return model
+
+
+def model_section(wildcards):
+    """The model of a run: a trained run's merged model section, or the released checkpoints' model."""
+    if wildcards.run == RELEASED_RUN:
+        return released_model()
+    return run_params(wildcards)["model"]
 
 
 # ----------------------------------------------------------------------------- rule inputs
@@ -430,15 +463,35 @@ def train_settings_json(wildcards, resources):
     return json.dumps(split_settings("train", run_params(wildcards))[1], sort_keys=True)
 
 
-def tables_params_json(wildcards):
-    """How to aggregate and label each target dataset, which runs form ablations, and the quoted numbers."""
-    tables = {
-        "datasets": {
-            d: config["datasets"][d]["evaluate"] for d in config["targets"]["datasets"]
-        },
-        **config["tables"],
-    }
-    return json.dumps(tables, sort_keys=True)
+def released_checkpoint(wildcards):
+    """The local copy of a dataset's released checkpoint (download_weights fetches it)."""
+    return config["weights"]["released"][wildcards.dataset]["path"]
+
+
+def released_backbone_weights(wildcards):
+    """The DINO weights the converted checkpoint's model reads (the reference keeps its ViT outside its
+    checkpoints); declared only, lrtl.convert reads the path from --model."""
+    return released_model()["backbone"]["weights"]
+
+
+def released_model_json(wildcards):
+    return json.dumps(released_model(), sort_keys=True)
+
+
+def tables_params(datasets, ablations):
+    """A params callable: how to aggregate and label each of `datasets`, the ablation tables (or none), and
+    the quoted numbers."""
+
+    def params(wildcards):
+        tables = {
+            "datasets": {d: config["datasets"][d]["evaluate"] for d in datasets},
+            **config["tables"],
+        }
+        if not ablations:
+            tables["ablations"] = {}
+        return json.dumps(tables, sort_keys=True)
+
+    return params
 
 
 def synthetic_index(wildcards):
@@ -482,15 +535,28 @@ def all_models(wildcards=None):
     ]
 
 
-def evaluated_runs():
-    return config["targets"]["runs"] + [BASELINE_RUN]
+def released_datasets():
+    """The target datasets that have a released checkpoint (weights.released)."""
+    return [
+        d for d in config["targets"]["datasets"] if d in config["weights"]["released"]
+    ]
+
+
+def evaluated_runs(dataset):
+    """targets.runs, the baseline, and the released checkpoint where targets.released asks for it."""
+    released = config["targets"]["released"] and dataset in released_datasets()
+    return (
+        config["targets"]["runs"]
+        + [BASELINE_RUN]
+        + ([RELEASED_RUN] if released else [])
+    )
 
 
 def all_masks(wildcards=None):
     return [
         f"results/{d}/masks/{r}/{s}.zarr"
         for d in config["targets"]["datasets"]
-        for r in evaluated_runs()
+        for r in evaluated_runs(d)
         for s in sequences_of(d, "eval_splits")
     ]
 
@@ -499,7 +565,7 @@ def all_pictures(wildcards=None):
     return [
         f"results/{d}/masks/{r}/{s}"
         for d in config["targets"]["datasets"]
-        for r in evaluated_runs()
+        for r in evaluated_runs(d)
         for s in sequences_of(d, "eval_splits")
     ]
 
@@ -508,7 +574,22 @@ def all_metrics(wildcards=None):
     return [
         f"results/{d}/metrics/{r}/{s}.tsv"
         for d in config["targets"]["datasets"]
-        for r in evaluated_runs()
+        for r in evaluated_runs(d)
+        for s in sequences_of(d, "eval_splits")
+    ]
+
+
+def released_metrics(wildcards=None):
+    """The per-frame metrics of the released checkpoints alone (snakemake released)."""
+    if not released_datasets():
+        raise ValueError(
+            f"none of targets.datasets ({', '.join(config['targets']['datasets'])}) has a released checkpoint "
+            f"under weights.released ({', '.join(config['weights']['released'])}): run "
+            "snakemake released --configfile config.paper.yaml"
+        )
+    return [
+        f"results/{d}/metrics/{RELEASED_RUN}/{s}.tsv"
+        for d in released_datasets()
         for s in sequences_of(d, "eval_splits")
     ]
 
@@ -557,17 +638,23 @@ def check_tables_dir():
 check_tables_dir()
 
 
-def table_files(stem):
-    """The .md, .csv and .tex files of one table in TABLES_DIR."""
-    return [f"{TABLES_DIR}/{stem}.{ext}" for ext in ("md", "csv", "tex")]
+RELEASED_TABLES_DIR = f"{TABLES_DIR}/{RELEASED_RUN}"  # the released checkpoints' tables (snakemake released)
 
 
-def per_dataset_table_files():
-    """Per target dataset: the per-sequence and official-measures tables and the per-sequence bar chart."""
+def table_files(stem, folder=TABLES_DIR):
+    """The .md, .csv and .tex files of one table in `folder`."""
+    return [f"{folder}/{stem}.{ext}" for ext in ("md", "csv", "tex")]
+
+
+def per_dataset_table_files(folder=TABLES_DIR, datasets=None):
+    """Per dataset (default: the target datasets): the per-sequence and official-measures tables and the
+    per-sequence bar chart."""
     files = []
-    for d in config["targets"]["datasets"]:
-        files += table_files(f"per-sequence-{d}") + table_files(f"measures-{d}")
-        files.append(f"{TABLES_DIR}/per-sequence-{d}.png")
+    for d in config["targets"]["datasets"] if datasets is None else datasets:
+        files += table_files(f"per-sequence-{d}", folder) + table_files(
+            f"measures-{d}", folder
+        )
+        files.append(f"{folder}/per-sequence-{d}.png")
     return files
 
 
@@ -592,6 +679,7 @@ def all_tables(wildcards=None):
 localrules:
     all,
     paper,
+    released,
     all_frames,
     all_flow,
     all_tracks,
@@ -625,4 +713,4 @@ def tracker_gpus(wildcards):
 
 def model_gpus(wildcards):
     """The paper's DINO backbone wants a GPU; the small CPU network does not."""
-    return int(run_params(wildcards)["model"]["backbone"]["name"] != "small")
+    return int(model_section(wildcards)["backbone"]["name"] != "small")

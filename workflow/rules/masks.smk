@@ -12,7 +12,7 @@ rule infer_masks:
     benchmark:
         "benchmarks/{dataset}/masks/{run}/{sequence}.tsv"
     wildcard_constraints:
-        run="|".join(PIPELINE_RUNS),
+        run="|".join(PIPELINE_RUNS + [RELEASED_RUN]),
     threads: 2
     resources:
         gpu=model_gpus,

@@ -14,7 +14,7 @@ rule make_tables:
     log:
         TABLES_DIR.replace("results/", "logs/", 1) + ".log",
     params:
-        tables=tables_params_json,
+        tables=tables_params(config["targets"]["datasets"], ablations=True),
     shell:
         """
         python -m lrtl.tables \
@@ -23,3 +23,19 @@ rule make_tables:
             --out-dir "$(dirname {output.summary:q})" \
             >{log:q} 2>&1
         """
+
+
+use rule make_tables as make_released_tables with:
+    # The released checkpoints alone (snakemake released): Table 1 with their row beside the quoted numbers,
+    # per-sequence tables, no ablations, in results/tables/[<name>/]released/.
+    input:
+        released_metrics,
+    output:
+        summary=f"{RELEASED_TABLES_DIR}/summary.md",
+        table1=table_files("table1", RELEASED_TABLES_DIR),
+        per_dataset=per_dataset_table_files(RELEASED_TABLES_DIR, released_datasets()),
+        record=f"{RELEASED_TABLES_DIR}/.targets.json",
+    log:
+        RELEASED_TABLES_DIR.replace("results/", "logs/", 1) + ".log",
+    params:
+        tables=tables_params(released_datasets(), ablations=False),

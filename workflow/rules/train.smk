@@ -1,4 +1,5 @@
-# Training: one model per (dataset, run) on every training sequence (transductive, as in the paper).
+# Training: one model per (dataset, run) on every training sequence (transductive, as in the paper), and the
+# authors' released checkpoints converted into the pseudo-run `released`.
 
 
 rule train_model:
@@ -38,5 +39,33 @@ rule train_model:
             --curve {output.curve:q} \
             --best {output.best:q} \
             --threads {threads} \
+            >{log:q} 2>&1
+        """
+
+
+rule convert_checkpoint:
+    # A dataset's released checkpoint (weights.released) as an lrtl model of the paper setting, where
+    # infer_masks reads a run's model: everything downstream scores it as it scores a trained run.
+    input:
+        reference=released_checkpoint,
+        backbone_weights=released_backbone_weights,
+    output:
+        model="results/{dataset}/train/released/model.pt",
+    log:
+        "logs/{dataset}/train/released.log",
+    benchmark:
+        "benchmarks/{dataset}/train/released.tsv"
+    wildcard_constraints:
+        dataset="|".join(config["weights"]["released"]),
+    resources:
+        mem_mb=8000,
+    params:
+        model=released_model_json,
+    shell:
+        """
+        python -m lrtl.convert \
+            --reference {input.reference:q} \
+            --model {params.model:q} \
+            --out {output.model:q} \
             >{log:q} 2>&1
         """

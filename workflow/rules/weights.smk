@@ -1,4 +1,5 @@
-# Weights for the paper setting: run once on a machine with internet (e.g. the login node).
+# Weights for the paper setting and the authors' released checkpoints: run once on a machine with internet (e.g.
+# the login node).
 # Its outputs are exactly the files the GPU rules declare as inputs; on offline clusters, place them by hand.
 
 
@@ -6,6 +7,7 @@ localrules:
     download_weights,
     index_tracks,
     make_tables,
+    make_released_tables,
 
 
 rule download_weights:
@@ -15,6 +17,7 @@ rule download_weights:
         raft=config["flow"]["raft"]["weights"],
         dino_vitb8=config["train"]["defaults"]["model"]["backbone"]["weights"],
         dino_vits8=config["infer"]["dino_weights"],
+        released=[spec["path"] for spec in config["weights"]["released"].values()],
     log:
         "logs/download_weights.log",
     params:
@@ -24,6 +27,11 @@ rule download_weights:
         raft_url=config["weights"]["raft_url"],
         dino_vitb8_url=config["weights"]["dino_vitb8_url"],
         dino_vits8_url=config["weights"]["dino_vits8_url"],
+        released=" ".join(
+            shlex.quote(value)
+            for spec in config["weights"]["released"].values()
+            for value in (spec["url"], spec["path"])
+        ),
     shell:
         """
         (
@@ -33,5 +41,10 @@ rule download_weights:
             curl -fL --retry 3 -o {output.raft:q} {params.raft_url:q}
             curl -fL --retry 3 -o {output.dino_vitb8:q} {params.dino_vitb8_url:q}
             curl -fL --retry 3 -o {output.dino_vits8:q} {params.dino_vits8_url:q}
+            set -- {params.released}
+            while [ $# -gt 0 ]; do
+                curl -fL --retry 3 -o "$2" "$1"
+                shift 2
+            done
         ) >{log:q} 2>&1
         """
