@@ -164,7 +164,11 @@ def train_steps_per_s(args: argparse.Namespace, params: dict, root: Path) -> flo
                "--curve", str(root / "loss.png")]
     if args.threads:
         command += ["--threads", str(args.threads)]
-    subprocess.run(command, check=True, capture_output=True)
+    # as the workflow's rule runs it (workflow/rules/train.smk); LRTL_BENCH_WAIT_POLICY= measures the default
+    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("LRTL_BENCH_WAIT_POLICY", "PASSIVE")}
+    proc = subprocess.run(command, capture_output=True, text=True, env=env)
+    if proc.returncode:
+        raise SystemExit(f"python -m lrtl.train failed:\n{proc.stderr[-2000:]}")
     rows = [json.loads(line) for line in (root / "metrics.jsonl").read_text().splitlines()]
     return statistics.median([row["it_per_s"] for row in rows if "it_per_s" in row][1:])
 
@@ -181,8 +185,9 @@ def contention(args: argparse.Namespace) -> None:
         finally:
             for process in competitors:
                 process.terminate()
+    policy = os.environ.get("LRTL_BENCH_WAIT_POLICY", "PASSIVE") or "default (spin)"
     print(f"training: {args.steps} steps, --threads {args.threads or 'default'}, "
-          f"{params['data']['workers']} data-loader worker(s), {os.cpu_count()} cores")
+          f"{params['data']['workers']} data-loader worker(s), {os.cpu_count()} cores, OMP_WAIT_POLICY {policy}")
     print(f"alone              {alone:8.2f} steps/s")
     print(f"beside {os.cpu_count()} busy loops {shared:8.2f} steps/s")
     print(f"ratio              {shared / alone:8.2f}   (target > 0.4; an even share of the cores is 0.5)")

@@ -22,7 +22,7 @@ rule compute_flow:
         settings=stage_settings("flow"),
     shell:
         """
-        python -m lrtl.flow \
+        OMP_WAIT_POLICY=PASSIVE python -m lrtl.flow \
             {params.inputs} \
             --params {params.flow:q} \
             --settings {params.settings:q} \

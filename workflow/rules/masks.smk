@@ -23,7 +23,7 @@ rule infer_masks:
         settings=stage_settings("infer"),
     shell:
         """
-        python -m lrtl.infer \
+        OMP_WAIT_POLICY=PASSIVE python -m lrtl.infer \
             --model {input.model:q} \
             --frames {input.frames:q} \
             --run {wildcards.run:q} \

@@ -21,7 +21,7 @@ rule track_chunk:
         settings=stage_settings("tracks"),
     shell:
         """
-        python -m lrtl.tracks chunk \
+        OMP_WAIT_POLICY=PASSIVE python -m lrtl.tracks chunk \
             {params.inputs} \
             --chunk {wildcards.chunk} \
             --dataset {wildcards.dataset:q} \

@@ -1,5 +1,8 @@
 # Training: one model per (dataset, run) on every training sequence (transductive, as in the paper), and the
 # authors' released checkpoints converted into the pseudo-run `released`.
+# OMP_WAIT_POLICY=PASSIVE (here and in the other torch rules): torch's idle OpenMP threads sleep instead of
+# spinning, so a job sharing its cores keeps about its share (spinning made training >10x slower beside another
+# CPU-bound job: benchmarks/train.py --contention).
 
 
 rule train_model:
@@ -27,7 +30,7 @@ rule train_model:
         state_dir="results/{dataset}/train/{run}.state",
     shell:
         """
-        python -m lrtl.train \
+        OMP_WAIT_POLICY=PASSIVE python -m lrtl.train \
             --frames {input.frames:q} \
             --flow {input.flow:q} \
             --tracks {input.tracks:q} \
