@@ -11,7 +11,7 @@ averaged over sequences, as the official DAVIS evaluation does.
 
 Files written into --out-dir (every one for every configured dataset / ablation, even when empty):
     table1.{md,csv,tex}                     runs + released checkpoints + no-learning baselines + quoted published
-                                            numbers, each row's `source` saying which (SOURCES)
+                                            numbers (--published), each row's `source` saying which (SOURCES)
     ablation-{group}.{md,csv,tex}           one per entry of params.ablations
     per-sequence-{dataset}.{md,csv,tex}     per-sequence J (and F) of every run
     per-sequence-{dataset}.png              bar chart of per-sequence J
@@ -57,52 +57,16 @@ SOURCES = {
 NO_LEARNING = "ours, no learning"
 MISSING = "–"
 
-# Published J x100 (METHOD.md §10): (method, {dataset: value}, notes, status). Not produced by this pipeline.
-QUOTED = [
-    (
-        "LRTL (NeurIPS 2024)",
-        {"davis2016": 82.2},
-        "192x352, flow + CoTracker2 tracks for training",
-        "DAVIS secondary (third-party summary, rank ablation r = 5); STv2/FBMS not yet copied from the paper",
-    ),
-    (
-        "GWM (BMVC 2022)",
-        {"davis2016": 79.5, "segtrackv2": 78.3, "fbms59": 77.4},
-        "128x224, flow loss only",
-        "unconfirmed; released notebook prints 79.56 / 78.31 / 77.53 (confirmed)",
-    ),
-    (
-        "RCF, all stages (CVPR 2023)",
-        {"davis2016": 80.9, "segtrackv2": 76.7, "fbms59": 69.9},
-        "no CRF",
-        "confirmed",
-    ),
-    (
-        "OCLR, flow only (NeurIPS 2022)",
-        {"davis2016": 72.0, "segtrackv2": 67.6, "fbms59": 65.5},
-        "flow only",
-        "secondary",
-    ),
-    (
-        "CIS (CVPR 2019)",
-        {"davis2016": 70.3, "segtrackv2": 62.0, "fbms59": 63.6},
-        "with post-processing",
-        "secondary",
-    ),
-    ("EM (TPAMI 2022)", {"davis2016": 69.3, "segtrackv2": 55.5, "fbms59": 57.9}, "flow only", "secondary"),
-    (
-        "MotionGrouping (ICCV 2021)",
-        {"davis2016": 68.3, "segtrackv2": 58.6, "fbms59": 53.1},
-        "flow only",
-        "DAVIS confirmed; STv2/FBMS unconfirmed",
-    ),
-    (
-        "DyStaB (CVPR 2021)",
-        {"davis2016": 80.0, "segtrackv2": 74.0, "fbms59": 73.0},
-        "CRF",
-        "unconfirmed, approximate (about 80 / 74 / 73)",
-    ),
-]
+QUOTED_SOURCE = "quoted"  # Table 1 `source` of the published numbers
+PERCENT = 100  # tables report J and F x100
+DECIMALS = 1  # decimals of the numbers in the .md and .tex tables
+CELL_FORMAT = f".{DECIMALS}f"
+CSV_FORMAT = "%.2f"  # numbers in the .csv tables
+# The published numbers (--published, shipped as workflow/resources/published.tsv, METHOD.md §10): one row per
+# method, dataset and metric (J or F, x100); `notes` and `status` make up the Table 1 status of the method, `source`
+# says where each number was copied from. Not produced by this pipeline.
+PUBLISHED_COLUMNS = ("method", "dataset", "metric", "value", "notes", "source", "status")
+PUBLISHED_METRICS = ("J", "F")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,7 +88,7 @@ class AblationParams(Params):
 class TablesParams(Params):
     datasets: dict  # dataset name -> DatasetTableParams mapping (column order = mapping order)
     ablations: dict  # group name -> AblationParams mapping
-    quoted: bool  # add the published numbers of METHOD.md §10 to Table 1
+    quoted: bool  # add the published numbers (--published) to Table 1
 
 
 def parse_params(
@@ -187,6 +151,32 @@ def read_metrics(paths: Sequence[str | Path]) -> pd.DataFrame:
     return table
 
 
+def read_published(path: str | Path) -> pd.DataFrame:
+    """The published numbers to quote (PUBLISHED_COLUMNS), checked; `value` as float."""
+    fix = "fix it, or restore the shipped workflow/resources/published.tsv from git"
+    if not Path(path).is_file():
+        raise StageError(f"{path}: no published-numbers TSV here (--published); {fix}")
+    try:
+        published = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise StageError(f"{path}: not a readable published-numbers TSV ({err}); {fix}") from err
+    missing = [c for c in PUBLISHED_COLUMNS if c not in published.columns]
+    if missing:
+        raise StageError(f"{path}: not a published-numbers TSV: no header with the columns {', '.join(missing)} "
+                         f"(it starts with the header {' '.join(PUBLISHED_COLUMNS)}); {fix}")
+    values = pd.to_numeric(published["value"], errors="coerce")
+    bad = published[values.isna() | (published["method"].str.strip() == "")
+                    | ~published["dataset"].isin(QUOTED_DATASETS) | ~published["metric"].isin(PUBLISHED_METRICS)
+                    | published.duplicated(["method", "dataset", "metric"])]
+    if not bad.empty:
+        rows = "; ".join(" | ".join(row) for row in bad[["method", "dataset", "metric", "value"]].itertuples(False))
+        raise StageError(f"{path}: bad rows ({rows}): each row needs a method, a dataset of "
+                         f"{', '.join(QUOTED_DATASETS)}, a metric of {', '.join(PUBLISHED_METRICS)} and a number, "
+                         f"once per method, dataset and metric; {fix}")
+    return published.assign(value=values)
+    return published
+
+
 def scored(table: pd.DataFrame, rule: str) -> pd.DataFrame:
     return table[table[f"scored_{rule}"]]
 
@@ -196,8 +186,8 @@ def aggregate(table: pd.DataFrame, column: str, how: str) -> float:
     if table.empty:
         return math.nan
     if how == "per_frame":
-        return 100 * float(table[column].mean())
-    return 100 * float(table.groupby("sequence")[column].mean().mean())
+        return PERCENT * float(table[column].mean())
+    return PERCENT * float(table.groupby("sequence")[column].mean().mean())
 
 
 def all_foreground_rows(table: pd.DataFrame) -> pd.DataFrame:
@@ -242,7 +232,7 @@ def sequence_statistics(rows: pd.DataFrame, column: str) -> tuple[float, float, 
     ]
     if not stats:
         return math.nan, math.nan, math.nan
-    return tuple(100 * float(np.nanmean(values)) for values in zip(*stats, strict=True))
+    return tuple(PERCENT * float(np.nanmean(values)) for values in zip(*stats, strict=True))
 
 
 # --------------------------------------------------------------------------- tables
@@ -270,7 +260,10 @@ def row_source(table: pd.DataFrame, run: str) -> tuple[str, str]:
     return method, "; ".join(SOURCES.get(rule, "ours") for rule in rules)
 
 
-def table1(table: pd.DataFrame, datasets: Mapping[str, DatasetTableParams], quoted: bool) -> pd.DataFrame:
+def table1(
+    table: pd.DataFrame, datasets: Mapping[str, DatasetTableParams], published: pd.DataFrame | None
+) -> pd.DataFrame:
+    """Computed rows (runs, released checkpoints, no-learning baselines), then the published rows if given."""
     rows = []
     for run in run_order(table):
         method, source = row_source(table, run)
@@ -283,22 +276,30 @@ def table1(table: pd.DataFrame, datasets: Mapping[str, DatasetTableParams], quot
                 "status": "computed by lrtl",
             }
         )
-    if quoted:
-        for method, values, notes, status in QUOTED:
-            row = {
-                "method": method,
-                "source": "quoted",
-                "seed": MISSING,
-                "compat": MISSING,
-                "checkpoint": MISSING,
-            }
-            for rule in datasets.values():
-                row[f"{rule.label} J"] = values.get(rule.quoted_as, math.nan) if rule.quoted_as else math.nan
-                if rule.boundary:
-                    row[f"{rule.label} F"] = math.nan
-            row["status"] = f"{status}; {notes}"
-            rows.append(row)
+    if published is not None:
+        rows += quoted_rows(published, datasets)
     return pd.DataFrame(rows)
+
+
+def quoted_rows(published: pd.DataFrame, datasets: Mapping[str, DatasetTableParams]) -> list[dict[str, Any]]:
+    """One Table 1 row per published method, in file order; its status is its status(es) then its notes."""
+    rows = []
+    for method, entries in published.groupby("method", sort=False):
+        row = {"method": method, "source": QUOTED_SOURCE, "seed": MISSING, "compat": MISSING, "checkpoint": MISSING}
+        for rule in datasets.values():
+            row.update(quoted_columns(entries, rule))
+        row["status"] = "; ".join([*dict.fromkeys(entries["status"]), *dict.fromkeys(entries["notes"])])
+        rows.append(row)
+    return rows
+
+
+def quoted_columns(entries: pd.DataFrame, rule: DatasetTableParams) -> dict[str, float]:
+    """The J (and F) columns of one dataset for one published method: its number for `quoted_as`, else NaN."""
+    out = {}
+    for metric in [m for m in PUBLISHED_METRICS if rule.boundary or m == "J"]:
+        match = entries.loc[(entries["dataset"] == rule.quoted_as) & (entries["metric"] == metric), "value"]
+        out[f"{rule.label} {metric}"] = float(match.iloc[0]) if len(match) else math.nan
+    return out
 
 
 def ablation_table(
@@ -331,9 +332,9 @@ def per_sequence_table(table: pd.DataFrame, name: str, rule: DatasetTableParams)
         }
         for run in runs:
             run_rows = seq_rows[seq_rows["run"] == run]
-            entry[f"{run} J"] = 100 * run_rows["j"].mean() if len(run_rows) else math.nan
+            entry[f"{run} J"] = PERCENT * run_rows["j"].mean() if len(run_rows) else math.nan
             if run != ALL_FOREGROUND:
-                entry[f"{run} F"] = 100 * run_rows["f"].mean() if len(run_rows) else math.nan
+                entry[f"{run} F"] = PERCENT * run_rows["f"].mean() if len(run_rows) else math.nan
         out.append(entry)
     if out:
         entry = {
@@ -356,18 +357,18 @@ def measures_table(table: pd.DataFrame, name: str, rule: DatasetTableParams) -> 
         if run == ALL_FOREGROUND:
             continue
         run_rows = rows[rows["run"] == run]
-        j_stats = sequence_statistics(run_rows, "j")
-        f_stats = sequence_statistics(run_rows, "f")
+        j_mean, j_recall, j_decay = sequence_statistics(run_rows, "j")
+        f_mean, f_recall, f_decay = sequence_statistics(run_rows, "f")
         out.append(
             {
                 "run": run,
-                "J&F mean": (j_stats[0] + f_stats[0]) / 2,
-                "J mean": j_stats[0],
-                "J recall": j_stats[1],
-                "J decay": j_stats[2],
-                "F mean": f_stats[0],
-                "F recall": f_stats[1],
-                "F decay": f_stats[2],
+                "J&F mean": (j_mean + f_mean) / 2,
+                "J mean": j_mean,
+                "J recall": j_recall,
+                "J decay": j_decay,
+                "F mean": f_mean,
+                "F recall": f_recall,
+                "F decay": f_decay,
                 "sequences": int(run_rows["sequence"].nunique()),
             }
         )
@@ -377,75 +378,57 @@ def measures_table(table: pd.DataFrame, name: str, rule: DatasetTableParams) -> 
 # --------------------------------------------------------------------------- formats
 
 
-def _cell(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return MISSING
-    if isinstance(value, (float, np.floating)):
-        return f"{value:.1f}"
-    return str(value)
-
-
 def _numeric(column: pd.Series) -> bool:
     return pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
 
 
 def to_markdown(frame: pd.DataFrame) -> str:
+    """A pipe table (pandas + tabulate): numbers right-aligned with CELL_FORMAT, missing values as MISSING."""
     if frame.empty:
         return "_no results_\n"
-    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
-    rule = "|" + "|".join("---:" if _numeric(frame[c]) else "---" for c in frame.columns) + "|"
-    lines = [header, rule]
-    lines += [
-        "| " + " | ".join(_cell(v).replace("|", "\\|") for v in row) + " |" for row in frame.itertuples(False)
-    ]
-    return "\n".join(lines) + "\n"
+    numeric = [_numeric(frame[c]) for c in frame.columns]
+    cells = frame.astype(object).where(frame.notna(), None)
+    for column, is_numeric in zip(frame.columns, numeric, strict=True):
+        if not is_numeric:  # text as written ('|' escaped, as in a pipe table), never parsed as a number
+            cells[column] = cells[column].map(lambda v: v if v is None else str(v).replace("|", r"\|"))
+    return cells.to_markdown(
+        index=False,
+        floatfmt=CELL_FORMAT,
+        missingval=MISSING,
+        colalign=["right" if n else "left" for n in numeric],
+        disable_numparse=[i for i, n in enumerate(numeric) if not n],
+    ) + "\n"
 
 
-TEX_ESCAPES = {
-    "\\": r"\textbackslash{}",
-    "&": r"\&",
-    "%": r"\%",
-    "$": r"\$",
-    "#": r"\#",
-    "_": r"\_",
-    "{": r"\{",
-    "}": r"\}",
-    "~": r"\textasciitilde{}",
-    "–": "--",
-}
-
-
-def _tex_escape(text: str) -> str:
-    return "".join(TEX_ESCAPES.get(char, char) for char in text)
+# LaTeX specials in free text (captions; pandas escapes the cells and headers itself)
+TEX_ESCAPES = str.maketrans({"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+                             "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}"})
 
 
 def to_latex(frame: pd.DataFrame, caption: str) -> str:
-    """A booktabs table (needs \\usepackage{booktabs})."""
+    """A booktabs table (pandas Styler; needs \\usepackage{booktabs})."""
     if frame.empty:
         return f"% {caption}: no results\n"
-    align = "".join("r" if _numeric(frame[c]) else "l" for c in frame.columns)
-    lines = [
-        r"\begin{table}[t]",
-        r"\centering",
-        r"\small",
-        f"\\caption{{{_tex_escape(caption)}}}",
-        f"\\begin{{tabular}}{{{align}}}",
-        r"\toprule",
-        " & ".join(_tex_escape(str(c)) for c in frame.columns) + r" \\",
-        r"\midrule",
-    ]
-    lines += [" & ".join(_tex_escape(_cell(v)) for v in row) + r" \\" for row in frame.itertuples(False)]
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
-    return "\n".join(lines) + "\n"
+    styler = (
+        frame.style.hide(axis="index")
+        .format(precision=DECIMALS, na_rep=MISSING, escape="latex")
+        .format_index(escape="latex", axis="columns")
+    )
+    return styler.to_latex(
+        caption=caption.translate(TEX_ESCAPES),
+        column_format="".join("r" if _numeric(frame[c]) else "l" for c in frame.columns),
+        hrules=True,
+        environment="table",
+        position="t",
+        position_float="centering",
+    )
 
 
 def write_table(out_dir: Path, stem: str, frame: pd.DataFrame, title: str, preamble: str) -> list[Path]:
     paths = [out_dir / f"{stem}.{ext}" for ext in ("md", "csv", "tex")]
     write_text(paths[0], f"# {title}\n\n{preamble}\n\n{to_markdown(frame)}")
     with atomic_path(paths[1]) as tmp:
-        frame.to_csv(tmp, index=False, float_format="%.2f")
+        frame.to_csv(tmp, index=False, float_format=CSV_FORMAT)
     write_text(paths[2], to_latex(frame, title))
     return paths
 
@@ -462,8 +445,8 @@ def protocol_note(datasets: Mapping[str, DatasetTableParams]) -> str:
         "checkpoint of each dataset (karazijal/lrtl README: davis_alt_best, stv2_best, fbms_best; the reference "
         "picked them on ground truth), converted by lrtl.convert and scored by this pipeline's inference and "
         "evaluation (checkpoint rule `released`).",
-        "- **Quoted** (`source` = quoted): published numbers copied from METHOD.md §10, NOT produced by this "
-        "pipeline; `status` says how well each number is sourced (confirmed / secondary / unconfirmed).",
+        f"- **Quoted** (`source` = {QUOTED_SOURCE}): published numbers copied from METHOD.md §10, NOT produced by "
+        "this pipeline; `status` says how well each number is sourced (confirmed / secondary / unconfirmed).",
         "- Per frame: the K masks are merged to 2 without labels, upsampled to GT resolution, thresholded at "
         "0.5, and the better of the 2 against GT is kept (METHOD.md §9).",
         "- A frame with empty GT and an empty prediction scores J = 1 (official DAVIS), or J = 0 in runs with "
@@ -484,10 +467,15 @@ def protocol_note(datasets: Mapping[str, DatasetTableParams]) -> str:
 
 
 def run_tables(
-    *, metrics_files: Sequence[str | Path], out_dir: str | Path, params: Mapping[str, Any]
+    *,
+    metrics_files: Sequence[str | Path],
+    published_file: str | Path,
+    out_dir: str | Path,
+    params: Mapping[str, Any],
 ) -> list[Path]:
+    """Every table of the module docstring into out_dir; Table 1 quotes published_file when params.quoted."""
     try:
-        _, datasets, ablations = parse_params(params)
+        settings, datasets, ablations = parse_params(params)
     except ValueError as err:
         raise StageError(str(err)) from err
     table = read_metrics(metrics_files)
@@ -503,7 +491,7 @@ def run_tables(
     claim_out_dir(out_dir, list(datasets))
     note = protocol_note(datasets)
     written: list[Path] = []
-    main_table = table1(table, datasets, TablesParams.from_mapping(params).quoted)
+    main_table = table1(table, datasets, read_published(published_file) if settings.quoted else None)
     written += write_table(
         out_dir, "table1", main_table, "Table 1: unsupervised video object segmentation", note
     )
@@ -567,7 +555,7 @@ def claim_out_dir(out_dir: Path, datasets: Sequence[str]) -> None:
 
 
 def summary_text(main_table: pd.DataFrame, datasets: Mapping[str, DatasetTableParams]) -> str:
-    ours = main_table[main_table["source"] != "quoted"] if not main_table.empty else main_table
+    ours = main_table[main_table["source"] != QUOTED_SOURCE] if not main_table.empty else main_table
     lines = [
         "# Summary",
         "",
@@ -591,9 +579,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         "ablations: {group: {title, runs}}, quoted: bool}",
     )
     parser.add_argument("--out-dir", required=True, help="folder for the tables (results/tables[/<targets.name>])")
+    parser.add_argument(
+        "--published",
+        required=True,
+        help="TSV of the published numbers Table 1 quotes (read when params.quoted), with the columns "
+        f"{', '.join(PUBLISHED_COLUMNS)}: workflow/resources/published.tsv",
+    )
 
     def body(args: argparse.Namespace) -> None:
-        run_tables(metrics_files=args.metrics, out_dir=args.out_dir, params=args.params)
+        run_tables(
+            metrics_files=args.metrics, published_file=args.published, out_dir=args.out_dir, params=args.params
+        )
 
     run_stage("tables", body, parser, argv)
 

@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -9,6 +10,8 @@ import pytest
 from lrtl.evaluate import COLUMNS
 from lrtl.tables import main as tables_main
 from tests.conftest import config_section
+
+PUBLISHED = Path(__file__).resolve().parents[2] / "workflow" / "resources" / "published.tsv"
 
 DATASET_RULES = {
     "seqwise": {"label": "SEQ", "aggregate": "per_sequence", "frame_rule": "reference", "boundary": True,
@@ -56,9 +59,10 @@ def tsvs(tmp_path):
     return paths
 
 
-def run(tmp_path, paths, params=PARAMS):
+def run(tmp_path, paths, params=PARAMS, published=PUBLISHED):
     out = tmp_path / "tables"
-    tables_main(["--metrics", *map(str, paths), "--params", json.dumps(params), "--out-dir", str(out)])
+    tables_main(["--metrics", *map(str, paths), "--params", json.dumps(params), "--out-dir", str(out),
+                 "--published", str(published)])  # fmt: skip
     return out
 
 
@@ -169,3 +173,50 @@ def test_tables_of_other_datasets_are_not_overwritten(tmp_path, tsvs, capsys):
     assert "targets.name" in err
     assert (out / "table1.md").read_text() == before
     run(tmp_path, tsvs)  # the same datasets again: replaced in place
+
+
+def test_quoted_rows_come_from_the_published_tsv(tmp_path, tsvs):
+    """Table 1 quotes --published as it is: a changed number, a new method (with F) and a dropped one show."""
+    published = pd.read_csv(PUBLISHED, sep="\t", dtype=str, keep_default_na=False)
+    published.loc[published["method"].str.startswith("RCF") & (published["dataset"] == "davis2016"), "value"] = "12.3"
+    published = published[~published["method"].str.startswith("DyStaB")]
+    new = {"method": "New (2030)", "notes": "a note", "source": "a paper, Table 9", "status": "confirmed"}
+    published = pd.concat([published, pd.DataFrame([{**new, "dataset": "davis2016", "metric": "J", "value": "55.5"},
+                                                     {**new, "dataset": "davis2016", "metric": "F", "value": "44.4"}])])
+    edited = tmp_path / "published.tsv"
+    published.to_csv(edited, sep="\t", index=False)
+    table = pd.read_csv(run(tmp_path, tsvs, published=edited) / "table1.csv")
+    quoted = table[table["source"] == "quoted"].set_index("method")
+    assert list(quoted.index) == list(dict.fromkeys(published["method"]))
+    assert quoted.loc["RCF, all stages (CVPR 2023)", "SEQ J"] == pytest.approx(12.3)
+    assert quoted.loc["RCF, all stages (CVPR 2023)", "FRM J"] == pytest.approx(69.9)
+    assert quoted.loc["New (2030)", ["SEQ J", "SEQ F"]].tolist() == pytest.approx([55.5, 44.4])
+    assert pd.isna(quoted.loc["New (2030)", "FRM J"]) and quoted.loc["New (2030)", "status"] == "confirmed; a note"
+
+
+def test_without_quoted_numbers_the_published_tsv_is_not_read(tmp_path, tsvs):
+    table = pd.read_csv(run(tmp_path, tsvs, dict(PARAMS, quoted=False), published=tmp_path / "absent.tsv")
+                        / "table1.csv")  # fmt: skip
+    assert "quoted" not in set(table["source"])
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [(None, r"no published-numbers TSV here \(--published\)"),
+     ("", r"not a readable published-numbers TSV"),
+     ("method\tdataset\tvalue\nGWM\tdavis2016\t79.5\n", r"no header with the columns metric, notes, source, status"),
+     ("method\tdataset\tmetric\tvalue\tnotes\tsource\tstatus\nGWM\tdavis2016\tJ\t7g.5\tn\ts\tst\n",
+      r"bad rows \(GWM \| davis2016 \| J \| 7g\.5\)"),
+     ("method\tdataset\tmetric\tvalue\tnotes\tsource\tstatus\nGWM\tdavis\tJ\t79.5\tn\ts\tst\n",
+      r"bad rows \(GWM \| davis \| J \| 79\.5\)")],
+    ids=["missing", "empty", "columns", "value", "dataset"],
+)
+def test_missing_or_garbled_published_tsv_names_the_file(tmp_path, tsvs, capsys, content, expected):
+    bad = tmp_path / "published.tsv"
+    if content is not None:
+        bad.write_text(content)
+    with pytest.raises(SystemExit):
+        run(tmp_path, tsvs, published=bad)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"{bad}: " in err
+    assert re.search(expected, err), err

@@ -13,7 +13,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 IMPORT_NAMES = {"opencv-python-headless": "cv2", "scikit-learn": "sklearn", "pyyaml": "yaml", "pillow": "PIL",
-                "snakemake-executor-plugin-slurm": None, "jsonschema": None}  # None: used by snakemake, not imported
+                "snakemake-executor-plugin-slurm": None, "jsonschema": None,  # None: used by snakemake, not imported
+                "tabulate": None, "jinja2": None}  # None: used by pandas, not imported (to_markdown, Styler.to_latex)
 
 
 def requirements(lines: list[str]) -> dict[str, str]:
