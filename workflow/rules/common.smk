@@ -638,6 +638,8 @@ def check_tables_dir():
 check_tables_dir()
 
 
+# The published numbers Table 1 quotes (tables.quoted): shipped with the workflow, so found from its folder.
+PUBLISHED_NUMBERS = os.path.join(workflow.basedir, "workflow/resources/published.tsv")
 RELEASED_TABLES_DIR = f"{TABLES_DIR}/{RELEASED_RUN}"  # the released checkpoints' tables (snakemake released)
 
 

@@ -4,7 +4,8 @@
 
 rule make_tables:
     input:
-        all_metrics,
+        metrics=all_metrics,
+        published=PUBLISHED_NUMBERS,  # quoted in Table 1: editing it reruns the tables
     output:
         summary=f"{TABLES_DIR}/summary.md",
         table1=table_files("table1"),
@@ -18,9 +19,10 @@ rule make_tables:
     shell:
         """
         python -m lrtl.tables \
-            --metrics {input:q} \
+            --metrics {input.metrics:q} \
             --params {params.tables:q} \
             --out-dir "$(dirname {output.summary:q})" \
+            --published {input.published:q} \
             >{log:q} 2>&1
         """
 
@@ -29,7 +31,8 @@ use rule make_tables as make_released_tables with:
     # The released checkpoints alone (snakemake released): Table 1 with their row beside the quoted numbers,
     # per-sequence tables, no ablations, in results/tables/[<name>/]released/.
     input:
-        released_metrics,
+        metrics=released_metrics,
+        published=PUBLISHED_NUMBERS,
     output:
         summary=f"{RELEASED_TABLES_DIR}/summary.md",
         table1=table_files("table1", RELEASED_TABLES_DIR),
