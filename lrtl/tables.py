@@ -169,12 +169,12 @@ def read_published(path: str | Path) -> pd.DataFrame:
                     | ~published["dataset"].isin(QUOTED_DATASETS) | ~published["metric"].isin(PUBLISHED_METRICS)
                     | published.duplicated(["method", "dataset", "metric"])]
     if not bad.empty:
-        rows = "; ".join(" | ".join(row) for row in bad[["method", "dataset", "metric", "value"]].itertuples(False))
+        shown = bad[["method", "dataset", "metric", "value"]].itertuples(False)
+        rows = "; ".join(" | ".join(map(str, row)) for row in shown)
         raise StageError(f"{path}: bad rows ({rows}): each row needs a method, a dataset of "
                          f"{', '.join(QUOTED_DATASETS)}, a metric of {', '.join(PUBLISHED_METRICS)} and a number, "
                          f"once per method, dataset and metric; {fix}")
     return published.assign(value=values)
-    return published
 
 
 def scored(table: pd.DataFrame, rule: str) -> pd.DataFrame:
