@@ -123,13 +123,8 @@ def _paper_layouts(workdir: Path) -> tuple[list[list[str]], list[list[str]]]:
 
 def test_paper_target_dry_run_covers_the_three_table1_datasets(workdir: Path) -> None:
     """Empty frame files in the layouts users download; sheet counts left empty are counted from them."""
-    import resource
-
     stv2, fbms = _paper_layouts(workdir)
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = snakemake(workdir, "-n", "paper", "--configfile", str(REPO / "config.paper.yaml"))
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)  # not wall: tests share cores
     counts = job_counts(proc.stdout)
     paper = yaml.safe_load((REPO / "config.paper.yaml").read_text())
     n_runs = len(paper["targets"]["runs"])
@@ -148,8 +143,7 @@ def test_paper_target_dry_run_covers_the_three_table1_datasets(workdir: Path) ->
     davis_chunks = sum(math.ceil(int(n) / chunk_size) for _, _, n in _sheet_rows("davis2016"))
     assert counts["track_chunk"] == davis_chunks + stv2_chunks + fbms_chunks
     assert counts["make_tables"] == 1
-    n_jobs = sum(counts.values())  # 1,620: 4 runs + the released checkpoints (3 runs alone: 1,358 jobs, ~15 s)
-    assert cpu_s < 0.015 * n_jobs, f"paper dry run of {n_jobs} jobs took {cpu_s:.1f} s of CPU"
+    # how long planning this DAG takes is measured by benchmarks/dag.py, not asserted here
 
     # FBMS59 flows and trains on its own gaps (datasets.fbms59.gaps: 3, 6), the others on the global 1, 2.
     targets = [f"results/{d}/train/full/model.pt" for d in ("davis2016", "fbms59")]
