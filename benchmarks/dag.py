@@ -26,7 +26,8 @@ def dry_run_cpu(workdir: Path, *args: str) -> tuple[float, int]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = snakemake(workdir, "-n", *args)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), sum(job_counts(proc.stdout).values())
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return cpu, sum(job_counts(proc.stdout).values())
 
 
 def main() -> None:
