@@ -33,8 +33,7 @@ import torch
 
 from lrtl import stores
 from lrtl.cli import StageError
-from lrtl.flow import resize_flow
-from lrtl.model import resize_rgb
+from lrtl.imageops import resize_flow, resize_rgb
 from lrtl.params import Params
 from lrtl.runtime import limit_threads
 from lrtl.track_store import SequenceTracks, open_sequence_tracks

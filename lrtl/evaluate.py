@@ -38,8 +38,8 @@ import pandas as pd
 
 from lrtl import metrics
 from lrtl.cli import StageError, json_params, run_stage
+from lrtl.imageops import upsample
 from lrtl.params import Params
-from lrtl.pictures import upsample
 from lrtl.stores import atomic_path, open_store, read_ground_truth, read_masks
 
 log = logging.getLogger(__name__)

@@ -17,9 +17,7 @@ import dataclasses
 import logging
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -32,7 +30,6 @@ from lrtl.settings import merge_settings
 
 log = logging.getLogger(__name__)
 
-FLO_TAG = 202021.25
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,73 +74,6 @@ def all_gaps(gaps: Sequence[int]) -> list[int]:
     if gaps[0] <= 0:
         raise StageError(f"flow.gaps must be positive integers, got {list(gaps)}")
     return gaps
-
-
-def resize_flow(flow: np.ndarray, height: int, width: int, *, interpolation: str = "nearest") -> np.ndarray:
-    """Resize float [H, W, 2] flow to [height, width, 2] float32, u and v rescaled so that values stay in pixels.
-
-    `nearest`: nearest neighbour, as the reference reads flow files (METHOD.md §2.2). `area`: area averaging
-    when shrinking, bilinear otherwise, for the training loss flow at a reduced flow_size, where nearest
-    neighbour would alias.
-    """
-    modes = {"nearest": (cv2.INTER_NEAREST, cv2.INTER_NEAREST), "area": (cv2.INTER_AREA, cv2.INTER_LINEAR)}
-    if interpolation not in modes:
-        raise ValueError(f"resize_flow: interpolation must be one of {sorted(modes)}, not {interpolation!r}")
-    h0, w0 = flow.shape[:2]
-    if (h0, w0) == (height, width):
-        return flow.astype(np.float32, copy=False)
-    shrink, enlarge = modes[interpolation]
-    mode = shrink if height <= h0 and width <= w0 else enlarge
-    out = cv2.resize(flow, (width, height), interpolation=mode).astype(np.float32)
-    out[..., 0] *= width / w0
-    out[..., 1] *= height / h0
-    return out
-
-
-# --------------------------------------------------------------------------- .flo files
-
-
-def read_flo(path: str | os.PathLike) -> np.ndarray:
-    """Middlebury `.flo` -> float32 [H, W, 2] (u, v) in pixels."""
-    path = Path(path)
-    with open(path, "rb") as handle:
-        tag = np.fromfile(handle, np.float32, 1)
-    if tag.size != 1 or tag[0] != np.float32(FLO_TAG):
-        raise StageError(f"{path}: not a Middlebury .flo file (bad tag); re-export or delete it")
-    flow = cv2.readOpticalFlow(str(path))
-    if flow is None:
-        raise StageError(f"{path}: could not read this .flo file (truncated?); re-export or delete it")
-    return flow
-
-
-def write_flo(path: str | os.PathLike, flow: np.ndarray) -> None:
-    """float [H, W, 2] -> Middlebury `.flo`, written atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.flo")
-    try:
-        if not cv2.writeOpticalFlow(str(tmp), np.ascontiguousarray(flow, dtype=np.float32)):
-            raise OSError(f"cv2.writeOpticalFlow failed for {tmp}")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def motiongrouping_flo_path(root: str | os.PathLike, subdir: str, sequence: str, frame_names: Sequence[str],
-                            source: int, gap: int) -> Path:
-    """Where MotionGrouping keeps the flow source -> source+gap (METHOD.md §2.2 gap naming).
-
-    Forward `Flows_gap{g}/<subdir>/<seq>/<name of i>.flo` holds i -> i+g; backward
-    `Flows_gap-{g}/<subdir>/<seq>/<name of i+g>.flo` holds (i+g) -> i: named after its source frame.
-    """
-    folder = Path(root) / f"Flows_gap{gap}"
-    if subdir:
-        folder = folder / subdir
-    return folder / sequence / f"{Path(frame_names[source]).stem}.flo"
-
-
-# --------------------------------------------------------------------------- stage
 
 
 def compute_flows(backend, n_frames: int, height: int, width: int, gaps: Sequence[int],

@@ -6,7 +6,7 @@
 Pictures of the masks are their own job (lrtl.pictures).
 
 `Predictor` owns everything between a frames array and masks: resizing to the checkpoint's input size
-(lrtl.model.resize_rgb, shared with training), ImageNet normalisation (lrtl.model.normalize_images),
+(lrtl.imageops.resize_rgb, shared with training), ImageNet normalisation (lrtl.model.normalize_images),
 the no-grad scope, batching, the device, and the merge:
 
 1. per mask k, the soft-mask-weighted mean of the merge features, L2-normalised;
@@ -163,7 +163,8 @@ class Predictor:
     def predict(self, rgb: np.ndarray) -> dict[str, np.ndarray]:
         """rgb uint8 [T, H, W, 3] -> soft float32 [T, K, h, w], merged float32 [T, 2, h, w], groups int
         [T, K]."""
-        from lrtl.model import normalize_images, resize_rgb
+        from lrtl.imageops import resize_rgb
+        from lrtl.model import normalize_images
 
         soft_all, merged_all, groups_all = [], [], []
         starts = range(0, len(rgb), self.batch_size)

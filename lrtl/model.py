@@ -25,8 +25,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import cv2
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -37,17 +35,6 @@ from lrtl.cli import StageError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CHECKPOINT_FORMAT = "lrtl-checkpoint-1"
-
-
-def resize_rgb(rgb: np.ndarray, size: Sequence[int]) -> np.ndarray:
-    """uint8 [T, H, W, 3] -> uint8 [T, h, w, 3], bicubic as the reference (METHOD.md §9 step 1).
-
-    Shared by training and inference so that both see identically resized frames (cv2 saturates to 0..255).
-    """
-    height, width = int(size[0]), int(size[1])
-    if rgb.shape[1:3] == (height, width):
-        return np.ascontiguousarray(rgb)
-    return np.stack([cv2.resize(frame, (width, height), interpolation=cv2.INTER_CUBIC) for frame in rgb])
 
 
 def normalize_images(rgb: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from lrtl.cli import json_params, run_stage
+from lrtl.imageops import upsample
 from lrtl.params import Params
 from lrtl.stores import atomic_path, read_masks, read_rgb
 
@@ -70,18 +71,6 @@ def foreground_index(merged_bin: np.ndarray) -> np.ndarray:
         key = [(border_fraction(m), m.mean()) for m in pair]
         choice[t] = int(key[1] < key[0])
     return choice
-
-
-def upsample(masks: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear resize of float maps [..., h, w] to [..., height, width] with torch's
-    interpolate(align_corners=False), as the reference evaluation does (METHOD.md §9.3)."""
-    import torch
-    import torch.nn.functional as F
-
-    flat = torch.from_numpy(np.ascontiguousarray(masks, dtype=np.float32).reshape(1, -1, *masks.shape[-2:]))
-    if flat.shape[-2:] != (height, width):
-        flat = F.interpolate(flat, size=(height, width), mode="bilinear", align_corners=False)  # [1, N, H, W]
-    return flat.numpy().reshape(*masks.shape[:-2], height, width)
 
 
 def overlay(

@@ -37,11 +37,11 @@ from tqdm import tqdm
 from lrtl import __version__, losses
 from lrtl.cli import StageError, add_settings_argument, json_params, progress_enabled, run_stage
 from lrtl.data import DataParams, TrainItems, flatten_batch, load_sequence, make_loader
+from lrtl.imageops import resize_rgb, upsample
 from lrtl.infer import Predictor
 from lrtl.metrics import best_of_two
-from lrtl.model import CHECKPOINT_FORMAT, build_model, normalize_images, resize_rgb
+from lrtl.model import CHECKPOINT_FORMAT, build_model, normalize_images
 from lrtl.params import Params
-from lrtl.pictures import upsample
 from lrtl.runtime import input_identity, limit_threads, resolve_device
 from lrtl.settings import merge_settings, result_params
 from lrtl.stores import atomic_path, open_store, read_ground_truth, write_text

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from lrtl.cli import StageError
+from lrtl.imageops import resize_flow
 
 
 def load_scene(ground_truth: str | os.PathLike | None) -> Any:
@@ -34,7 +35,6 @@ class OracleFlow:
                              f"{n_frames}; regenerate one of them")
 
     def compute(self, pairs: Sequence[tuple[int, int]]) -> np.ndarray:
-        from lrtl.flow import resize_flow
 
         flows = [resize_flow(self.scene.flow(i, j - i), self.height, self.width) for i, j in pairs]
         return np.stack(flows).astype(np.float32)  # [P, H, W, 2]

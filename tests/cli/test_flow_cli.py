@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from lrtl import flow, stores
+from lrtl import flow, imageops, stores
+from lrtl.backends import flo
 from lrtl.synthetic import load_scene
 from tests.conftest import config_section
 
@@ -85,21 +86,21 @@ def test_flo_round_trip_and_format(tmp_path):
     rng = np.random.default_rng(0)
     data = rng.normal(0, 5, (7, 11, 2)).astype(np.float32)
     path = tmp_path / "a" / "00003.flo"
-    flow.write_flo(path, data)
-    assert np.array_equal(flow.read_flo(path), data)
+    flo.write_flo(path, data)
+    assert np.array_equal(flo.read_flo(path), data)
     raw = path.read_bytes()  # Middlebury: tag, width, height, then row-major (u, v) float32
     assert np.frombuffer(raw[:4], np.float32)[0] == np.float32(202021.25)
     assert np.frombuffer(raw[4:12], np.int32).tolist() == [11, 7]
     assert np.array_equal(np.frombuffer(raw[12:], np.float32).reshape(7, 11, 2), data)
     (tmp_path / "bad.flo").write_bytes(b"\x00" * 16)
     with pytest.raises(flow.StageError, match="not a Middlebury"):
-        flow.read_flo(tmp_path / "bad.flo")
+        flo.read_flo(tmp_path / "bad.flo")
 
 
 @pytest.mark.parametrize("interpolation", ["nearest", "area"])
 def test_resize_flow_keeps_pixel_units(interpolation):
     field = np.ones((10, 20, 2), np.float32)
-    resized = flow.resize_flow(field, 5, 40, interpolation=interpolation)
+    resized = imageops.resize_flow(field, 5, 40, interpolation=interpolation)
     assert (
         resized.shape == (5, 40, 2) and np.allclose(resized[..., 0], 2) and np.allclose(resized[..., 1], 0.5)
     )
@@ -108,12 +109,12 @@ def test_resize_flow_keeps_pixel_units(interpolation):
 def test_resize_flow_area_averages_when_shrinking():
     field = np.zeros((4, 4, 2), np.float32)
     field[::2, ::2] = 8.0  # one pixel in every 2x2 block moves
-    nearest = flow.resize_flow(field, 2, 2)
-    area = flow.resize_flow(field, 2, 2, interpolation="area")
+    nearest = imageops.resize_flow(field, 2, 2)
+    area = imageops.resize_flow(field, 2, 2, interpolation="area")
     assert np.allclose(nearest, 4.0)  # nearest picks that pixel: 8 px at half size
     assert np.allclose(area, 1.0)  # area averages the block: 2 px, at half size 1 px
     with pytest.raises(ValueError, match="interpolation"):
-        flow.resize_flow(field, 2, 2, interpolation="cubic")
+        imageops.resize_flow(field, 2, 2, interpolation="cubic")
 
 
 def test_motiongrouping_flo_import_matches_the_source(sequence, tmp_path):
@@ -123,8 +124,8 @@ def test_motiongrouping_flo_import_matches_the_source(sequence, tmp_path):
     root = tmp_path / "DAVIS"
     for gap in (1, -1, 2, -2):
         for i, _ in flow.flow_pairs(12, gap):
-            flow.write_flo(
-                flow.motiongrouping_flo_path(root, "1080p", sequence["name"], names, i, gap),
+            flo.write_flo(
+                flo.motiongrouping_flo_path(root, "1080p", sequence["name"], names, i, gap),
                 stores.read_flow(oracle, gap, i),
             )
     assert (

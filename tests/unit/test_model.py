@@ -8,7 +8,8 @@ import torch
 
 from lrtl.backbones import DinoViT, build_backbone
 from lrtl.cli import StageError
-from lrtl.model import build_model, load_checkpoint, normalize_images, resize_rgb
+from lrtl.imageops import resize_rgb
+from lrtl.model import build_model, load_checkpoint, normalize_images
 from tests.conftest import config_section, tiny_model
 
 TINY = tiny_model(k=3)
