@@ -26,11 +26,6 @@ def setup_logging(level: int = logging.INFO) -> None:
     )
 
 
-def progress_enabled() -> bool:
-    """tqdm bars only when a person watches (stderr is a terminal), never in log files."""
-    return sys.stderr.isatty()
-
-
 def json_params(text: str) -> dict[str, Any]:
     """argparse type for `--params '{...}'` and `--settings '{...}'`: a JSON object."""
     try:

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from lrtl import stores
 from lrtl.backends import flow_backend
-from lrtl.cli import StageError, add_settings_argument, json_params, progress_enabled, run_stage
+from lrtl.cli import StageError, add_settings_argument, json_params, run_stage
 from lrtl.params import Params, require_active_backend
 from lrtl.runtime import limit_threads
 from lrtl.settings import merge_settings
@@ -84,7 +84,7 @@ def compute_flows(backend, n_frames: int, height: int, width: int, gaps: Sequenc
     for g in {g for g, _ in jobs}:
         flows[g] = np.zeros((n_frames, height, width, 2), np.float32)  # [T, H, W, 2]
     batch_size = max(1, batch_size)
-    for start in tqdm(range(0, len(jobs), batch_size), desc="flow", disable=not progress_enabled()):
+    for start in tqdm(range(0, len(jobs), batch_size), desc="flow", disable=None):
         batch = jobs[start:start + batch_size]
         result = backend.compute([pair for _, pair in batch])  # [P, H, W, 2]
         for (g, (i, _)), flow in zip(batch, result, strict=True):

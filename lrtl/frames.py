@@ -22,7 +22,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from lrtl import datasets, stores
-from lrtl.cli import StageError, json_params, progress_enabled, run_stage
+from lrtl.cli import StageError, json_params, run_stage
 from lrtl.params import Params
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def run_frames(*, layout: str, images: str | os.PathLike, annotations: str | os.
     read_names = []
     native = None
     for name, frame in tqdm(frames, total=len(names), desc=f"frames {sequence}",
-                            disable=not progress_enabled()):
+                            disable=None):
         if native is None:
             native = frame.shape[:2]
         elif frame.shape[:2] != native:

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from lrtl.cli import StageError, add_settings_argument, json_params, progress_enabled, run_stage
+from lrtl.cli import StageError, add_settings_argument, json_params, run_stage
 from lrtl.params import Params
 from lrtl.runtime import resolve_device
 from lrtl.settings import merge_settings
@@ -168,7 +168,7 @@ class Predictor:
 
         soft_all, merged_all, groups_all = [], [], []
         starts = range(0, len(rgb), self.batch_size)
-        for start in tqdm(starts, desc="infer", unit="batch", disable=not progress_enabled()):
+        for start in tqdm(starts, desc="infer", unit="batch", disable=None):
             batch = resize_rgb(rgb[start : start + self.batch_size], self.input_size)  # [B, h, w, 3]
             images = normalize_images(torch.from_numpy(batch).to(self.device))  # [B, 3, h, w]
             out = self.model(images)

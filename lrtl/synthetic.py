@@ -39,7 +39,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lrtl import stores
-from lrtl.cli import StageError, json_params, progress_enabled, run_stage
+from lrtl.cli import StageError, json_params, run_stage
 from lrtl.params import Params
 
 log = logging.getLogger(__name__)
@@ -481,7 +481,7 @@ def run_synthetic(*, sequence_index: int, name: str, images: str | os.PathLike,
     with stores.atomic_path(images) as img_tmp, stores.atomic_path(annotations) as ann_tmp:
         img_tmp.mkdir()
         ann_tmp.mkdir()
-        for t in tqdm(range(t_n), desc=f"render {name}", disable=not progress_enabled()):
+        for t in tqdm(range(t_n), desc=f"render {name}", disable=None):
             rgb, ids[t] = scene.render(t)
             ok = cv2.imwrite(str(img_tmp / f"{t:05d}.jpg"), rgb[..., ::-1],
                              [cv2.IMWRITE_JPEG_QUALITY, int(params.jpeg_quality)])

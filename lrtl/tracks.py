@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from lrtl import __version__, stores
 from lrtl.backends import track_backend
-from lrtl.cli import StageError, add_settings_argument, json_params, progress_enabled, run_stage
+from lrtl.cli import StageError, add_settings_argument, json_params, run_stage
 from lrtl.params import Params, require_active_backend
 from lrtl.runtime import input_identity, limit_threads
 from lrtl.settings import merge_settings, result_params
@@ -187,7 +187,7 @@ def run_chunk(*, frames: str | os.PathLike, chunk: int, params: TracksParams, da
                              checkpoint=_path(checkpoint))
         backend = backend_class(inputs=inputs, params=params)
         provenance = backend.provenance()
-        for i in tqdm(todo, desc=f"tracks {sequence} chunk {chunk}", disable=not progress_enabled()):
+        for i in tqdm(todo, desc=f"tracks {sequence} chunk {chunk}", disable=None):
             q = int(queries[i])
             tracks, vis = backend.track(q, grids[i], int(starts[i]), window)  # [T_w, N, 2], [T_w, N]
             partial.write(i, tracks, vis)

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from lrtl import __version__, losses
-from lrtl.cli import StageError, add_settings_argument, json_params, progress_enabled, run_stage
+from lrtl.cli import StageError, add_settings_argument, json_params, run_stage
 from lrtl.data import DataParams, TrainItems, flatten_batch, load_sequence, make_loader
 from lrtl.imageops import resize_rgb, upsample
 from lrtl.infer import Predictor
@@ -471,7 +471,7 @@ def run_train(
     model.train()
     window = {"data": 0.0, "step": 0.0, "n": 0, "sums": {}}
     progress = tqdm(
-        total=params.iterations, initial=step, desc="train", unit="it", disable=not progress_enabled()
+        total=params.iterations, initial=step, desc="train", unit="it", disable=None
     )
     tic = time.perf_counter()
     with live_metrics.open("a") as metrics_log:
