@@ -188,3 +188,19 @@ def test_paper_head_geometry_and_centre_crop():
     assert crop_or_resize(features, (96, 176)).shape == (1, 32, 96, 176)
     norms = [m for m in decoder.modules() if isinstance(m, torch.nn.GroupNorm)]
     assert len(norms) == 1 + 2 * 1  # deepest (shared with the head) + one lateral + one output
+
+
+def test_small_model_frames_are_independent_and_every_parameter_learns():
+    """Per-frame computation (GroupNorm, no batch statistics): a frame's masks do not depend on the other frames
+    of the batch; one backward pass reaches every trainable parameter."""
+    torch.manual_seed(0)
+    model = build_model(tiny_model(k=3, dropout=0.0)).train()  # train mode: batch statistics would show here
+    images = torch.randn(4, 3, 32, 48)
+    with torch.no_grad():
+        batch = model(images).logits  # [4, K, 32, 48]
+        alone = torch.cat([model(images[i : i + 1]).logits for i in range(4)])
+    torch.testing.assert_close(batch, alone, rtol=1e-4, atol=1e-5)
+    out = model(images)
+    (out.masks[:, 0] * images[:, 0]).mean().backward()  # a loss that depends on every mask pixel
+    frozen = [name for name, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
+    assert not frozen, f"no gradient reaches {frozen}"
