@@ -1,4 +1,4 @@
-"""Training step time split into data / forward / loss (each term) / backward + optimiser step, and training
+"""Training step time split into data / forward / losses / backward + optimiser step, and training
 speed beside a competing CPU-bound job.
 
     python benchmarks/train.py --frames A.zarr ... --flow A.zarr ... --tracks A/index.json ... \
@@ -31,10 +31,9 @@ from pathlib import Path
 
 import torch
 
-from lrtl import losses
 from lrtl.data import TrainItems, flatten_batch, load_sequence
 from lrtl.model import build_model, normalize_images
-from lrtl.train import param_groups, parse_params, temporal_ramp
+from lrtl.train import REFERENCE_GRAD_CLIP, compute_losses, lr_factor, param_groups, parse_params
 
 
 class Clock:
@@ -85,8 +84,7 @@ def main() -> None:
     model = build_model(params.model.to_dict())
     model.train()
     optimizer = torch.optim.AdamW(param_groups(model, params.optim.weight_decay), lr=params.optim.lr)
-    loss_cfg = params.loss
-    reference = params.compat == "reference"
+    grad_clip = REFERENCE_GRAD_CLIP if params.compat == "reference" else params.optim.grad_clip
     clock = Clock()
     key = 0
     for step in range(args.warmup + args.steps):
@@ -96,42 +94,17 @@ def main() -> None:
         key += params.batch_items
         batch = flatten_batch(torch.utils.data.default_collate([items[k] for k in keys]))
         clock.lap("data")
+        for group in optimizer.param_groups:  # the loop's schedule, as lrtl.train runs it
+            group["lr"] = params.optim.lr * lr_factor(step, params.iterations, params.optim.warmup,
+                                                      params.optim.poly_power, params.compat == "reference")
         out = model(normalize_images(batch["rgb"]))
-        masks = out.logits.softmax(dim=1)
         clock.lap("forward")
-        total = out.logits.new_zeros(())
-        if loss_cfg.w_flow:
-            flow = batch["flow"]
-            resized = torch.nn.functional.interpolate(
-                masks, size=flow.shape[-2:], mode="bilinear", align_corners=False
-            )
-            total = total + loss_cfg.w_flow * losses.flow_loss(resized, flow)
-            clock.lap("loss_flow")
-        if loss_cfg.w_traj:
-            weights = losses.mask_weights(masks, batch["loc"], loss_cfg.weight_clamp, not reference)
-            traj = losses.trajectory_matrix(batch["tracks"])
-            total = total + loss_cfg.w_traj * losses.lowrank_trajectory_loss(
-                traj, weights, loss_cfg.rank, loss_cfg.route
-            )
-            clock.lap("loss_traj")
-        if loss_cfg.w_temp:
-            raw = losses.temporal_loss_items(
-                masks,
-                batch["tracks"],
-                batch["vis"],
-                batch["loc"],
-                batch["t_index"],
-                frame_size=items.track_size,
-                offset=params.data.pair_offset,
-                compat_reference=reference,
-                align_corners=not reference,
-            )
-            total = total + loss_cfg.w_temp * temporal_ramp(step, params.iterations, reference) * raw
-            clock.lap("loss_temp")
+        total = compute_losses(out, batch, params, step, items.track_size)["total"]  # the training loop's own
+        clock.lap("losses")
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         clock.lap("backward")
-        torch.nn.utils.clip_grad_norm_(model.parameters(), params.optim.grad_clip)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
         clock.lap("optimizer")
     wall_total = sum(clock.wall.values())
