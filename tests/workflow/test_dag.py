@@ -297,3 +297,18 @@ def test_replacing_one_raw_frame_rebuilds_that_sequence_only(workdir: Path) -> N
     assert job_counts(proc.stdout) == {"prepare_frames": 1}
     outputs = [line.split(":", 1)[1].strip() for line in proc.stdout.splitlines() if line.strip().startswith("output:")]
     assert outputs == ["results/mine/frames/walk.zarr"]
+
+
+def test_a_training_run_is_checked_by_the_one_train_schema(workdir: Path) -> None:
+    """train.runs.<run> overrides are typed by $defs/train, the schema of train.defaults (no second copy)."""
+    overlay = workdir / "runs.yaml"
+    overlay.write_text("train: {runs: {full: {loss: {w_trj: 1.0}}}}\n")
+    proc = snakemake(workdir, "-n", "--configfile", str(TEST_CONFIG), str(overlay), check=False)
+    assert proc.returncode != 0 and "'w_trj' was unexpected" in proc.stdout + proc.stderr
+    overlay.write_text("train: {runs: {full: {batch_items: two}}}\n")
+    proc = snakemake(workdir, "-n", "--configfile", str(TEST_CONFIG), str(overlay), check=False)
+    assert proc.returncode != 0 and "'two' is not of type 'integer'" in proc.stdout + proc.stderr
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    train = schema["properties"]["train"]["properties"]
+    assert train["runs"]["additionalProperties"] == {"$ref": "#/$defs/train"}
+    assert {"$ref": "#/$defs/train"} in train["defaults"]["allOf"]

@@ -4,6 +4,7 @@ import json
 import math
 import shlex
 
+import jsonschema
 import pandas as pd
 import yaml
 
@@ -25,21 +26,43 @@ def schema_types(schema):
     return {kinds} if isinstance(kinds, str) else set(kinds)
 
 
-def typed_config_values(value, schema):
+def resolved(schema, root):
+    """A schema node with its local `$ref` / `allOf` parts merged into one (properties of all of them)."""
+    if "$ref" in schema:
+        schema = root["$defs"][schema["$ref"].rsplit("/", 1)[1]]
+    for part in schema.get("allOf", []):
+        part = resolved(part, root)
+        schema = {
+            **part,
+            **schema,
+            "properties": {
+                **part.get("properties", {}),
+                **schema.get("properties", {}),
+            },
+        }
+    return schema
+
+
+def typed_config_values(value, schema, root):
     """`--config key={a: {b: 100}}` arrives with every nested scalar a string (Snakemake reads nested values
     with YAML's BaseLoader): read each string again as YAML where the schema wants no string there.
     """
+    schema = resolved(schema, root)
     if isinstance(value, dict):
         extra = schema.get("additionalProperties")
         properties = schema.get("properties", {})
         return {
             key: typed_config_values(
-                item, properties.get(key, extra if isinstance(extra, dict) else {})
+                item,
+                properties.get(key, extra if isinstance(extra, dict) else {}),
+                root,
             )
             for key, item in value.items()
         }
     if isinstance(value, list):
-        return [typed_config_values(item, schema.get("items", {})) for item in value]
+        return [
+            typed_config_values(item, schema.get("items", {}), root) for item in value
+        ]
     kinds = schema_types(schema)
     if isinstance(value, str) and kinds and "string" not in kinds:
         parsed = yaml.safe_load(value)
@@ -55,7 +78,8 @@ def typed_config_values(value, schema):
 
 
 with open(CONFIG_SCHEMA) as handle:
-    config.update(typed_config_values(config, yaml.safe_load(handle)))
+    SCHEMA = yaml.safe_load(handle)
+config.update(typed_config_values(config, SCHEMA, SCHEMA))
 validate(config, CONFIG_SCHEMA)
 
 PIPELINE_RUNS = list(config["train"]["runs"])
@@ -96,6 +120,26 @@ def merged(base, *overrides):
     for override in overrides:
         update_config(result, copy.deepcopy(override))
     return result
+
+
+def check_runs():
+    """Every training run, merged over train.defaults, is a complete train section (the schema's $defs/train and
+    $defs/train_required: one definition for the defaults and every run)."""
+    whole = {
+        "$defs": SCHEMA["$defs"],
+        "allOf": [{"$ref": "#/$defs/train"}, {"$ref": "#/$defs/train_required"}],
+    }
+    for run, override in config["train"]["runs"].items():
+        try:
+            jsonschema.validate(merged(config["train"]["defaults"], override), whole)
+        except jsonschema.ValidationError as err:
+            path = ".".join(map(str, err.absolute_path))
+            raise ValueError(
+                f"train.runs.{run} (merged over train.defaults): {path}: {err.message}"
+            ) from err
+
+
+check_runs()
 
 
 def read_sheet(path):
