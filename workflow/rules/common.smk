@@ -183,7 +183,7 @@ def chunk_paths(wildcards):
 
 # Backbone keys each backbone reads; the others are passed as null, so that editing them retrains nothing.
 BACKBONE_KEYS = {
-    "small": {"name", "channels"},
+    "small": {"name", "channels", "inputs"},
     "dino_vitb8": {"name", "weights", "layers", "patch_stride"},
 }
 
@@ -279,7 +279,14 @@ def infer_inputs(wildcards):
         inputs["dino_weights"] = config["infer"][
             "dino_weights"
         ]  # declared only; lrtl.infer reads it from params
+    if "flow" in (run_params(wildcards)["model"]["backbone"]["inputs"] or []):
+        inputs["flow"] = f"results/{wildcards.dataset}/flow/{wildcards.sequence}.zarr"
     return inputs
+
+
+def infer_flow_flag(wildcards, input):
+    """`--flow <store>` for a model that takes optical flow as input (train.*.model.backbone.inputs), else ""."""
+    return f"--flow {shlex.quote(input.flow)}" if "flow" in input.keys() else ""
 
 
 def input_flags(wildcards, input):

@@ -20,11 +20,13 @@ rule infer_masks:
         runtime=runtime_per_attempt(60),
     params:
         infer=stage_params("infer"),
+        flow=infer_flow_flag,
     shell:
         """
         python -m lrtl.infer \
             --model {input.model:q} \
             --frames {input.frames:q} \
+            {params.flow} \
             --run {wildcards.run:q} \
             --params {params.infer:q} \
             --out {output.masks:q} \
