@@ -241,7 +241,9 @@ def run_infer(
         from lrtl.model_inputs import read_input_flow
 
         if flow is None:
-            raise StageError(f"{model}: this model takes optical flow as input; pass the sequence's flow store (--flow)")
+            raise StageError(
+                f"{model}: this model takes optical flow as input; pass the sequence's flow store (--flow)"
+            )
         flow_input = read_input_flow(flow, predictor.input_size)  # [T, 2, h, w]
         if len(flow_input) != len(rgb):
             raise StageError(f"{flow}: {len(flow_input)} frames, but {frames} has {len(rgb)}; rebuild its flow")

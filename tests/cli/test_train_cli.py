@@ -247,7 +247,8 @@ def test_schedules_are_relative_to_the_run_length():
 def test_dino_backbone_trains_frozen_and_is_not_checkpointed(inputs, tmp_path):
     """The paper backbone (random weights: weights null) through a training step and back from model.pt."""
     params = copy.deepcopy(PARAMS)
-    params["model"]["backbone"].update(name="dino_vitb8", layers=[9, 11], inputs=None)  # the workflow nulls small-only keys
+    # inputs: null, as the workflow passes the small backbone's own keys to the DINO one
+    params["model"]["backbone"].update(name="dino_vitb8", layers=[9, 11], inputs=None)
     params["model"]["mask_stride"] = 1
     params.update(iterations=1, checkpoint_every=1)
     run(inputs, tmp_path, params)
