@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 AGGREGATES = ("per_sequence", "per_frame")
 BASELINE_RUN = "baseline"  # run name of lrtl.baseline's masks
+TRACK_BASELINE_RUN = "baseline_tracks"  # run name of lrtl.track_baseline's masks
 ALL_FOREGROUND = "all-foreground"  # pseudo-run from the j_all_foreground column
 QUOTED_DATASETS = ("davis2016", "segtrackv2", "fbms59")
 MISSING = "–"
@@ -204,8 +205,9 @@ def all_foreground_rows(table: pd.DataFrame) -> pd.DataFrame:
 def run_order(table: pd.DataFrame) -> list[str]:
     """Learned runs in order of appearance, then the baselines."""
     runs = list(dict.fromkeys(table["run"].astype(str)))
-    learned = [r for r in runs if r not in (BASELINE_RUN, ALL_FOREGROUND)]
-    return learned + [r for r in (BASELINE_RUN, ALL_FOREGROUND) if r in runs]
+    fixed = (BASELINE_RUN, TRACK_BASELINE_RUN, ALL_FOREGROUND)
+    learned = [r for r in runs if r not in fixed]
+    return learned + [r for r in fixed if r in runs]
 
 
 def provenance(table: pd.DataFrame, run: str) -> dict[str, str]:
@@ -254,7 +256,7 @@ def results_columns(
 def table1(table: pd.DataFrame, datasets: Mapping[str, DatasetTableParams], quoted: bool) -> pd.DataFrame:
     rows = []
     for run in run_order(table):
-        source = "ours" if run not in (BASELINE_RUN, ALL_FOREGROUND) else "ours, no learning"
+        source = "ours" if run not in (BASELINE_RUN, TRACK_BASELINE_RUN, ALL_FOREGROUND) else "ours, no learning"
         rows.append(
             {
                 "method": run,
@@ -437,7 +439,7 @@ def protocol_note(datasets: Mapping[str, DatasetTableParams]) -> str:
         "- **Ours** (`source` = ours): computed by lrtl from its own masks; `method` is the run name, "
         "with its training `seed`, `compat` mode and the checkpoint rule (`last`: the final checkpoint, "
         "no GT used for model selection). `baseline` is the no-learning flow-threshold baseline "
-        "(lrtl.baseline); "
+        "(lrtl.baseline); `baseline_tracks` clusters the point tracks by residual motion (lrtl.track_baseline); "
         "`all-foreground` marks every pixel as foreground.",
         "- **Quoted** (`source` = quoted): published numbers copied from METHOD.md §10, NOT produced by this "
         "pipeline; `status` says how well each number is sourced (confirmed / secondary / unconfirmed).",

@@ -18,6 +18,7 @@ validate(config, "../schemas/config.schema.yaml")
 
 PIPELINE_RUNS = list(config["train"]["runs"])
 BASELINE_RUN = "baseline"
+TRACK_BASELINE_RUN = "baseline_tracks"
 
 
 def check_targets():
@@ -151,7 +152,7 @@ SEQUENCES = load_sequences()
 
 wildcard_constraints:
     dataset="|".join(config["datasets"]),
-    run="|".join(PIPELINE_RUNS + [BASELINE_RUN]),
+    run="|".join(PIPELINE_RUNS + [BASELINE_RUN, TRACK_BASELINE_RUN]),
     sequence="[^/]+",
     chunk=r"\d{3}",
     resolution=r"[^/]+",
@@ -389,7 +390,7 @@ def all_models(wildcards=None):
 
 
 def evaluated_runs():
-    return config["targets"]["runs"] + [BASELINE_RUN]
+    return config["targets"]["runs"] + [BASELINE_RUN, TRACK_BASELINE_RUN]
 
 
 def all_masks(wildcards=None):

@@ -1,4 +1,4 @@
-# Masks: the trained model's K soft masks merged to 2 per frame, and the no-learning baseline from flow.
+# Masks: the trained model's K soft masks merged to 2 per frame, and the no-learning baselines from flow and tracks.
 
 
 rule infer_masks:
@@ -51,6 +51,29 @@ rule baseline_masks:
             --frames {input.frames:q} \
             --flow {input.flow:q} \
             --params {params.baseline:q} \
+            --out {output:q} \
+            >{log:q} 2>&1
+        """
+
+
+rule track_baseline_masks:
+    input:
+        frames="results/{dataset}/frames/{sequence}.zarr",
+        tracks="results/{dataset}/tracks/{sequence}/index.json",
+    output:
+        directory("results/{dataset}/masks/baseline_tracks/{sequence}.zarr"),
+    log:
+        "logs/{dataset}/masks/baseline_tracks/{sequence}.log",
+    benchmark:
+        "benchmarks/{dataset}/masks/baseline_tracks/{sequence}.tsv"
+    params:
+        track_baseline=stage_params("track_baseline"),
+    shell:
+        """
+        python -m lrtl.track_baseline \
+            --frames {input.frames:q} \
+            --tracks {input.tracks:q} \
+            --params {params.track_baseline:q} \
             --out {output:q} \
             >{log:q} 2>&1
         """
