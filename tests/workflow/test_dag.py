@@ -65,7 +65,8 @@ def test_dry_run_counts_one_job_per_sequence_and_chunk(workdir: Path) -> None:
     assert counts["train_model"] == n_runs
     assert counts["infer_masks"] == n_runs * len(plan)
     assert counts["baseline_masks"] == len(plan)
-    assert counts["evaluate_sequence"] == (n_runs + 1) * len(plan)
+    assert counts["track_baseline_masks"] == len(plan)
+    assert counts["evaluate_sequence"] == (n_runs + 2) * len(plan)  # the runs, the flow and the track baselines
     assert counts["make_tables"] == 1
 
 
@@ -88,7 +89,7 @@ def test_davis_sheet_dry_run_builds_the_paper_dag(workdir: Path) -> None:
     val = [r for r in rows if r[1] == "val"]
     assert counts["prepare_frames"] == 50
     assert counts["track_chunk"] == sum(math.ceil(int(n) / chunk_size) for _, _, n in rows)
-    assert counts["evaluate_sequence"] == 2 * len(val)
+    assert counts["evaluate_sequence"] == 3 * len(val)  # full, baseline, baseline_tracks
     assert "make_synthetic" not in counts
 
 
@@ -129,7 +130,7 @@ def test_paper_target_dry_run_covers_the_three_table1_datasets(workdir: Path) ->
     assert n_eval == 20 + 14 + 30
     assert counts["prepare_frames"] == 50 + 14 + 59
     assert counts["train_model"] == 3 * n_runs
-    assert counts["evaluate_sequence"] == (n_runs + 1) * n_eval
+    assert counts["evaluate_sequence"] == (n_runs + 2) * n_eval
     chunk_size = paper.get("tracks", {}).get("chunk_size") or yaml.safe_load(
         (REPO / "config.yaml").read_text())["tracks"]["chunk_size"]
     fbms_chunks = sum(math.ceil((20 + i) / chunk_size) for i in range(len(fbms)))
