@@ -189,6 +189,22 @@ def test_named_target_sets_and_sequence_subsets_write_their_own_table_folders(wo
 
 
 @pytest.mark.parametrize("overlay", ["config.paper.yaml", "workflow/overlays/davis2016-sample.yaml",
-                                     "workflow/overlays/fbms59-sample.yaml"])
+                                     "workflow/overlays/davis2016-dev.yaml", "workflow/overlays/fbms59-sample.yaml",
+                                     "workflow/overlays/my-videos.yaml"])
 def test_shipped_overlays_name_their_tables_folder(overlay: str) -> None:
     assert yaml.safe_load((REPO / overlay).read_text())["targets"]["name"]
+
+
+def test_my_videos_template_builds_masks_without_evaluation(workdir: Path) -> None:
+    """The README's "segment your own videos" command on a folder holding one image folder (no ground truth)."""
+    import numpy as np
+    from PIL import Image
+
+    clip = workdir / "videos" / "clip"
+    clip.mkdir(parents=True)
+    for t in range(12):
+        Image.fromarray(np.full((24, 32, 3), 10 * t, np.uint8)).save(clip / f"{t:05d}.jpg")
+    proc = snakemake(workdir, "-n", "all_masks", "--configfile", str(REPO / "workflow/overlays/my-videos.yaml"))
+    counts = job_counts(proc.stdout)
+    assert counts["infer_masks"] == counts["baseline_masks"] == counts["track_baseline_masks"] == 1
+    assert "evaluate_sequence" not in counts and "make_tables" not in counts
