@@ -19,7 +19,8 @@ import torch
 
 from lrtl import losses
 from lrtl.data import TrainItems, flatten_batch, load_sequence
-from lrtl.model import build_model, normalize_images
+from lrtl.model import build_model
+from lrtl.model_inputs import input_kinds, model_input
 from lrtl.train import param_groups, parse_params, temporal_ramp
 
 
@@ -57,7 +58,8 @@ def main() -> None:
     torch.manual_seed(params.seed)
     load_start = time.perf_counter()
     sequences = [
-        load_sequence(f, w, t, input_size=params.model.input_size, params=params.data)
+        load_sequence(f, w, t, input_size=params.model.input_size, params=params.data,
+                      flow_input="flow" in input_kinds(params.model.to_dict()))
         for f, w, t in zip(args.frames, args.flow, args.tracks, strict=True)
     ]
     items = TrainItems(
@@ -78,7 +80,7 @@ def main() -> None:
         key += params.batch_items
         batch = flatten_batch(torch.utils.data.default_collate([items[k] for k in keys]))
         clock.lap("data")
-        out = model(normalize_images(batch["rgb"]))
+        out = model(model_input(batch["rgb"], batch.get("flow_input"), input_kinds(params.model.to_dict())))
         masks = out.logits.softmax(dim=1)
         clock.lap("forward")
         total = out.logits.new_zeros(())
