@@ -15,6 +15,7 @@
 # results/{dataset}/masks/{run}/{sequence}.zarr           soft masks [T,K,h,w] + merged [T,2,h,w]
 # results/{dataset}/masks/{run}/{sequence}/               binary mask PNGs, overlay sheet, GIF, K-mask picture
 # results/{dataset}/masks/baseline/{sequence}.zarr        no-learning baseline masks from flow
+# results/{dataset}/masks/baseline_tracks/{sequence}.zarr no-learning baseline masks from tracks clustered by motion
 # results/{dataset}/metrics/{run}/{sequence}.tsv          per-frame IoU / boundary F of every annotated frame
 # results/tables/[{name}/]                                paper-style tables (.md, .csv, .tex) and pictures; {name} =
 #                                                         targets.name ("" for the default run)

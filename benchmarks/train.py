@@ -32,7 +32,8 @@ from pathlib import Path
 import torch
 
 from lrtl.data import TrainItems, flatten_batch, load_sequence
-from lrtl.model import build_model, normalize_images
+from lrtl.model import build_model
+from lrtl.model_inputs import input_kinds, model_input
 from lrtl.train import REFERENCE_GRAD_CLIP, compute_losses, lr_factor, param_groups, parse_params
 
 
@@ -74,7 +75,8 @@ def main() -> None:
     torch.manual_seed(params.seed)
     load_start = time.perf_counter()
     sequences = [
-        load_sequence(f, w, t, input_size=params.model.input_size, params=params.data)
+        load_sequence(f, w, t, input_size=params.model.input_size, params=params.data,
+                      flow_input="flow" in input_kinds(params.model.to_dict()))
         for f, w, t in zip(args.frames, args.flow, args.tracks, strict=True)
     ]
     items = TrainItems(
@@ -97,7 +99,7 @@ def main() -> None:
         for group in optimizer.param_groups:  # the loop's schedule, as lrtl.train runs it
             group["lr"] = params.optim.lr * lr_factor(step, params.iterations, params.optim.warmup,
                                                       params.optim.poly_power, params.compat == "reference")
-        out = model(normalize_images(batch["rgb"]))
+        out = model(model_input(batch["rgb"], batch.get("flow_input"), input_kinds(params.model.to_dict())))
         clock.lap("forward")
         total = compute_losses(out, batch, params, step, items.track_size)["total"]  # the training loop's own
         clock.lap("losses")

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lrtl.cli import StageError
+from lrtl.model_inputs import in_channels
 from lrtl.runtime import file_sha256
 
 log = logging.getLogger(__name__)
@@ -53,11 +54,11 @@ class ConvNormAct(nn.Sequential):
 class SmallEncoder(nn.Module):
     """Stages of [3x3 conv stride 2, 3x3 conv], GroupNorm + ReLU; stage i outputs stride 2**(i+1)."""
 
-    def __init__(self, channels: Sequence[int]):
+    def __init__(self, channels: Sequence[int], in_channels: int = 3):
         super().__init__()
         if not channels:
             raise ValueError("small backbone: channels must list at least one stage width")
-        stages, c_in = [], 3
+        stages, c_in = [], in_channels
         for c_out in channels:
             stages.append(nn.Sequential(ConvNormAct(c_in, c_out, 3, 2), ConvNormAct(c_out, c_out, 3, 1)))
             c_in = c_out
@@ -67,7 +68,7 @@ class SmallEncoder(nn.Module):
         self.frozen = False
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """images [B, 3, h, w] normalised -> [B, C_i, h / 2**(i+1), w / 2**(i+1)] per stage."""
+        """images [B, in_channels, h, w] (lrtl.model_inputs) -> [B, C_i, h / 2**(i+1), w / 2**(i+1)] per stage."""
         feats, x = [], images
         for stage in self.stages:
             x = stage(x)
@@ -219,10 +220,14 @@ def _set_patch_stride(vit: nn.Module, stride: int, size: tuple[int, int], grid: 
 
 
 def build_backbone(cfg: dict[str, Any], input_size: Sequence[int]) -> nn.Module:
-    """cfg = model.backbone: {name: small, channels} or {name: dino_vitb8, weights, layers, patch_stride}."""
+    """cfg = model.backbone: {name: small, channels, inputs} or {name: dino_vitb8, weights, layers, patch_stride}
+    (inputs: lrtl.model_inputs; absent or null = RGB only)."""
     name = cfg["name"]
+    inputs = cfg.get("inputs") or ["rgb"]
     if name == "small":
-        return SmallEncoder(cfg["channels"])
+        return SmallEncoder(cfg["channels"], in_channels(inputs))
+    if list(inputs) != ["rgb"]:
+        raise ValueError(f"backbone {name} takes RGB only; model.backbone.inputs {list(inputs)} needs the small one")
     if name in DINO_ARCHES:
         arch, arch_kwargs = DINO_ARCHES[name]
         return DinoViT(arch, cfg["weights"], cfg["layers"], cfg["patch_stride"], input_size, arch_kwargs)

@@ -34,7 +34,8 @@ import torch
 
 from lrtl import __version__
 from lrtl.cli import StageError, json_params, run_stage
-from lrtl.model import CHECKPOINT_FORMAT, IMAGENET_MEAN, IMAGENET_STD, SegmentationModel, build_model
+from lrtl.model import CHECKPOINT_FORMAT, SegmentationModel, build_model
+from lrtl.model_inputs import IMAGENET_MEAN, IMAGENET_STD
 from lrtl.runtime import file_sha256
 from lrtl.stores import atomic_path
 

@@ -10,6 +10,8 @@ near the end) of one sequence with one shared random horizontal flip. Per frame 
     vis      bool    [C, N]        visibility of those tracks
     loc      float32 [N, 2]        unsmoothed position at the frame, x / (W - 1) * 2 - 1 (same for y)
     t_index  int64                 index of the frame inside its C-frame context window
+    flow_input float32 [2, h, w]   only for a model that takes flow (lrtl.model_inputs): the frame's encoded
+                                   gap-1 motion at the model input size, whatever the item's gap
 
 Items are keyed by an integer: item `key` is drawn by a generator seeded with (seed, key), so the stream of
 items is the same for any number of DataLoader workers and a resumed run continues it exactly.
@@ -34,6 +36,7 @@ import torch
 from lrtl import stores
 from lrtl.cli import StageError
 from lrtl.imageops import resize_flow, resize_rgb
+from lrtl.model_inputs import read_input_flow
 from lrtl.params import Params
 from lrtl.runtime import limit_threads
 from lrtl.track_store import SequenceTracks, open_sequence_tracks
@@ -73,6 +76,7 @@ class SequenceData:
     flow_path: Path
     flow: dict[int, np.ndarray] | None  # preloaded: signed gap -> float32 [T, 2, hf, wf] (invalid rows zero)
     tracks_index: Path
+    input_flow: np.ndarray | None = None  # float32 [T, 2, h, w] network flow input (lrtl.model_inputs), or None
 
 
 # --------------------------------------------------------------------------- pure sampling steps
@@ -283,8 +287,11 @@ def load_sequence(
     *,
     input_size: Sequence[int],
     params: DataParams,
+    flow_input: bool = False,
 ) -> SequenceData:
-    """Read and resize one sequence's frames and flow into memory; check the tracks index matches."""
+    """Read and resize one sequence's frames and flow into memory; check the tracks index matches.
+
+    flow_input: also encode every frame's flow as the network's input (lrtl.model_inputs.read_input_flow)."""
     group = stores.open_store(frames, "frames")
     name = str(group.attrs.get("sequence", Path(frames).stem))
     rgb = resize_rgb(group["rgb"][...], input_size)  # [T, h, w, 3]
@@ -319,8 +326,11 @@ def load_sequence(
             f"{frames}: {n_frames} frames are too few for training items (need {shortest} = "
             f"pair_offset + max gap + 1); drop the sequence from training"
         )
+    input_flow = None
+    if flow_input:
+        input_flow = read_input_flow(flow, input_size)  # [T, 2, h, w]
     return SequenceData(name=name, n_frames=n_frames, rgb=rgb, flow_path=Path(flow), flow=flows,
-                        tracks_index=Path(tracks))
+                        tracks_index=Path(tracks), input_flow=input_flow)
 
 
 def loss_flow(flow: np.ndarray, params: DataParams) -> np.ndarray:
@@ -447,6 +457,8 @@ class TrainItems(torch.utils.data.Dataset):
             "sequence": np.int64(seq),
             "flip": np.bool_(False),
         }
+        if sequence.input_flow is not None:
+            item["flow_input"] = sequence.input_flow[frames]  # [4, 2, h, w]
         if flip:
             item = flip_item(item, width, negate_u=not self.compat_reference)
         return item
@@ -463,6 +475,11 @@ def flip_item(item: dict[str, Any], width: int, negate_u: bool) -> dict[str, Any
     tracks[..., 0] = (width - 1) - tracks[..., 0]
     loc = item["loc"].copy()  # [4, N, 2]
     loc[..., 0] = -loc[..., 0]
+    extra = {}
+    if "flow_input" in item:  # the network's flow input: always mirrored with u negated (no reference quirk)
+        flow_input = item["flow_input"][..., ::-1].copy()  # [4, 2, h, w]
+        flow_input[:, 0] = -flow_input[:, 0]
+        extra["flow_input"] = flow_input
     return {
         **item,
         "rgb": np.ascontiguousarray(item["rgb"][:, :, ::-1]),
@@ -470,6 +487,7 @@ def flip_item(item: dict[str, Any], width: int, negate_u: bool) -> dict[str, Any
         "tracks": tracks,
         "loc": loc,
         "flip": np.bool_(not item["flip"]),
+        **extra,
     }
 
 

@@ -1,12 +1,13 @@
 """Inference: K soft masks per frame and the label-free merge K -> 2 (METHOD.md §9 steps 1-2).
 
-    python -m lrtl.infer --model model.pt --frames F.zarr --params '<json of config infer>' \
+    python -m lrtl.infer --model model.pt --frames F.zarr [--flow FLOW.zarr] --params '<json of config infer>' \
         [--settings '<json of its run settings>'] --run NAME --out masks.zarr
 
-Pictures of the masks are their own job (lrtl.pictures).
+--flow is needed (and read) only by a model that takes optical flow as input (lrtl.model_inputs). Pictures of the
+masks are their own job (lrtl.pictures).
 
 `Predictor` owns everything between a frames array and masks: resizing to the checkpoint's input size
-(lrtl.imageops.resize_rgb, shared with training), ImageNet normalisation (lrtl.model.normalize_images),
+(lrtl.imageops.resize_rgb, shared with training), ImageNet normalisation (lrtl.model_inputs.normalize_images),
 the no-grad scope, batching, the device, and the merge:
 
 1. per mask k, the soft-mask-weighted mean of the merge features, L2-normalised;
@@ -141,8 +142,9 @@ class DinoMergeFeatures(torch.nn.Module):
 class Predictor:
     """No-grad K-mask prediction and K -> 2 merge for frames at any resolution.
 
-    model: called as model(normalised images [B, 3, h, w]) -> object with .logits [B, K, h, w] and
-    .features [B, F, h', w']; input_size: (h, w) the model was trained at.
+    model: called as model(inputs [B, C, h, w], lrtl.model_inputs.model_input) -> object with .logits
+    [B, K, h, w] and .features [B, F, h', w']; input_size: (h, w) the model was trained at; inputs: what the
+    model sees, ("rgb",) and/or "flow".
     """
 
     def __init__(
@@ -152,32 +154,39 @@ class Predictor:
         device: torch.device,
         batch_size: int,
         merge_backbone: torch.nn.Module | None = None,
+        inputs: Sequence[str] = ("rgb",),
     ):
         self.model = model.to(device).eval()
+        self.inputs = tuple(inputs)
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.device = device
         self.batch_size = batch_size
         self.merge_backbone = None if merge_backbone is None else merge_backbone.to(device).eval()
 
     @torch.no_grad()
-    def predict(self, rgb: np.ndarray) -> dict[str, np.ndarray]:
-        """rgb uint8 [T, H, W, 3] -> soft float32 [T, K, h, w], merged float32 [T, 2, h, w], groups int
-        [T, K]."""
+    def predict(self, rgb: np.ndarray, flow: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """rgb uint8 [T, H, W, 3] (and, for a model that takes flow, its encoded flow float32 [T, 2, h, w] at the
+        input size, lrtl.model_inputs.read_input_flow) -> soft float32 [T, K, h, w], merged float32
+        [T, 2, h, w], groups int [T, K]."""
         from lrtl.imageops import resize_rgb
-        from lrtl.model import normalize_images
+        from lrtl.model_inputs import model_input, normalize_images
+
+        if "flow" in self.inputs and (flow is None or len(flow) != len(rgb)):
+            raise StageError(f"the model takes optical flow as input: give the flow of all {len(rgb)} frames")
 
         soft_all, merged_all, groups_all = [], [], []
         starts = range(0, len(rgb), self.batch_size)
         for start in tqdm(starts, desc="infer", unit="batch", disable=None):
             batch = resize_rgb(rgb[start : start + self.batch_size], self.input_size)  # [B, h, w, 3]
-            images = normalize_images(torch.from_numpy(batch).to(self.device))  # [B, 3, h, w]
-            out = self.model(images)
+            rgb_batch = torch.from_numpy(batch).to(self.device)  # [B, h, w, 3]
+            flow_batch = None if flow is None else torch.from_numpy(flow[start : start + self.batch_size])
+            out = self.model(model_input(rgb_batch, flow_batch, self.inputs))  # input [B, C, h, w]
             logits = out.logits.float()  # [B, K, h, w]
             if logits.shape[-2:] != self.input_size:
                 logits = F.interpolate(logits, size=self.input_size, mode="bilinear", align_corners=False)
             soft = logits.softmax(dim=1)  # [B, K, h, w]
             feats = (
-                out.features if self.merge_backbone is None else self.merge_backbone(images)
+                out.features if self.merge_backbone is None else self.merge_backbone(normalize_images(rgb_batch))
             )  # [B, F, h', w']
             means, mass = mask_features(soft, feats.float())  # [B, K, F], [B, K]
             soft_np = soft.cpu().numpy()
@@ -193,6 +202,7 @@ class Predictor:
 def build_predictor(model_path: str | Path, params: InferParams) -> tuple[Predictor, dict[str, Any]]:
     """Load a checkpoint and, for dino_vits8, the merge ViT -> (predictor, model cfg)."""
     from lrtl.model import load_checkpoint
+    from lrtl.model_inputs import input_kinds
 
     device = resolve_device(params.device, "infer.device")
     model, cfg = load_checkpoint(model_path, device)
@@ -203,7 +213,8 @@ def build_predictor(model_path: str | Path, params: InferParams) -> tuple[Predic
     merge_backbone = None
     if params.merge_features == "dino_vits8" and int(cfg["k"]) > 2:
         merge_backbone = DinoMergeFeatures(params.dino_weights, params.dino_patch_stride, cfg["input_size"])
-    return Predictor(model, cfg["input_size"], device, params.batch_size, merge_backbone), cfg
+    inputs = input_kinds(cfg)
+    return Predictor(model, cfg["input_size"], device, params.batch_size, merge_backbone, inputs), cfg
 
 
 # --------------------------------------------------------------------------- stage
@@ -216,6 +227,7 @@ def run_infer(
     run: str,
     out: str | Path,
     params: InferParams,
+    flow: str | Path | None = None,
 ) -> None:
     started = time.perf_counter()
     if params.batch_size < 1:
@@ -223,7 +235,18 @@ def run_infer(
     frame_attrs = dict(open_store(frames, "frames").attrs)
     rgb = read_rgb(frames)  # [T, H, W, 3]
     predictor, cfg = build_predictor(model, params)
-    result = predictor.predict(rgb)
+    flow_input = None
+    if "flow" in predictor.inputs:
+        from lrtl.model_inputs import read_input_flow
+
+        if flow is None:
+            raise StageError(
+                f"{model}: this model takes optical flow as input; pass the sequence's flow store (--flow)"
+            )
+        flow_input = read_input_flow(flow, predictor.input_size)  # [T, 2, h, w]
+        if len(flow_input) != len(rgb):
+            raise StageError(f"{flow}: {len(flow_input)} frames, but {frames} has {len(rgb)}; rebuild its flow")
+    result = predictor.predict(rgb, flow_input)
     provenance = cfg.get("checkpoint") or {}
     train_params = provenance.get("params") or {}
     write_masks(
@@ -269,6 +292,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m lrtl.infer", description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, help="checkpoint written by lrtl.train (model.pt)")
     parser.add_argument("--frames", required=True, help="frames store of one sequence")
+    parser.add_argument("--flow", help="flow store of the sequence; only for a model that takes flow as input")
     parser.add_argument(
         "--params", required=True, type=json_params, help="JSON of the config section `infer`"
     )
@@ -284,6 +308,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         run_infer(
             model=args.model,
             frames=args.frames,
+            flow=args.flow,
             run=args.run,
             out=args.out,
             params=params,

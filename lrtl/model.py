@@ -32,19 +32,7 @@ from torch import nn
 from lrtl.backbones import DINO_ARCHES, ConvNormAct, build_backbone
 from lrtl.cli import StageError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 CHECKPOINT_FORMAT = "lrtl-checkpoint-1"
-
-
-def normalize_images(rgb: torch.Tensor) -> torch.Tensor:
-    """RGB [B, H, W, 3] in 0..255 (uint8 or float) -> float32 [B, 3, H, W] with ImageNet mean/std."""
-    if rgb.ndim != 4 or rgb.shape[-1] != 3:
-        raise ValueError(f"normalize_images expects [B, H, W, 3], got {tuple(rgb.shape)}")
-    images = rgb.permute(0, 3, 1, 2).float() / 255.0  # [B, 3, H, W]
-    mean = images.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = images.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return ((images - mean) / std).contiguous()
 
 
 class ModelOutput(NamedTuple):

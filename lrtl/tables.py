@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 AGGREGATES = ("per_sequence", "per_frame")
 BASELINE_RUN = "baseline"  # run name of lrtl.baseline's masks
+TRACK_BASELINE_RUN = "baseline_tracks"  # run name of lrtl.track_baseline's masks
 ALL_FOREGROUND = "all-foreground"  # pseudo-run from the j_all_foreground column
 QUOTED_DATASETS = ("davis2016", "segtrackv2", "fbms59")
 RELEASED_METHOD = "LRTL released checkpoint, scored by lrtl"  # Table 1 method of the released checkpoints' rows
@@ -203,8 +204,9 @@ def all_foreground_rows(table: pd.DataFrame) -> pd.DataFrame:
 def run_order(table: pd.DataFrame) -> list[str]:
     """Learned runs in order of appearance, then the baselines."""
     runs = list(dict.fromkeys(table["run"].astype(str)))
-    learned = [r for r in runs if r not in (BASELINE_RUN, ALL_FOREGROUND)]
-    return learned + [r for r in (BASELINE_RUN, ALL_FOREGROUND) if r in runs]
+    fixed = (BASELINE_RUN, TRACK_BASELINE_RUN, ALL_FOREGROUND)
+    learned = [r for r in runs if r not in fixed]
+    return learned + [r for r in fixed if r in runs]
 
 
 def provenance(table: pd.DataFrame, run: str) -> dict[str, str]:
@@ -253,7 +255,7 @@ def results_columns(
 def row_source(table: pd.DataFrame, run: str) -> tuple[str, str]:
     """(method, source) of a computed Table 1 row: the run name, labelled by the checkpoint rule of its masks
     (SOURCES); the released checkpoints' rows read RELEASED_METHOD."""
-    if run in (BASELINE_RUN, ALL_FOREGROUND):
+    if run in (BASELINE_RUN, TRACK_BASELINE_RUN, ALL_FOREGROUND):
         return run, NO_LEARNING
     rules = provenance(table, run)["checkpoint"].split(", ")
     method = RELEASED_METHOD if rules == ["released"] else run
@@ -440,6 +442,7 @@ def protocol_note(datasets: Mapping[str, DatasetTableParams]) -> str:
         "with its training `seed`, `compat` mode and the checkpoint rule: `last` (the final checkpoint, no GT "
         "used for model selection; every result) or `best_on_gt` (the best validation J, selected on labels: "
         "a diagnostic). `baseline` is the no-learning flow-threshold baseline (lrtl.baseline); "
+        "`baseline_tracks` clusters the point tracks by residual motion (lrtl.track_baseline); "
         "`all-foreground` marks every pixel as foreground.",
         f"- **Released** (`source` = {SOURCES['released']}): `{RELEASED_METHOD}`, the authors' trained "
         "checkpoint of each dataset (karazijal/lrtl README: davis_alt_best, stv2_best, fbms_best; the reference "

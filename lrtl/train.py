@@ -40,7 +40,8 @@ from lrtl.data import DataParams, TrainItems, flatten_batch, load_sequence, make
 from lrtl.imageops import resize_rgb, upsample
 from lrtl.infer import Predictor
 from lrtl.metrics import best_of_two
-from lrtl.model import CHECKPOINT_FORMAT, build_model, normalize_images
+from lrtl.model import CHECKPOINT_FORMAT, build_model
+from lrtl.model_inputs import input_kinds, model_input
 from lrtl.params import Params
 from lrtl.runtime import input_identity, limit_threads, resolve_device
 from lrtl.settings import merge_settings, result_params
@@ -57,6 +58,7 @@ SELECTED_ON_GT = "selected on ground-truth labels: a diagnostic, never a result 
 class BackboneParams(Params):
     name: str  # small | dino_vitb8
     channels: tuple[int, ...]  # small: widths of the stride-2 stages
+    inputs: tuple[str, ...] | None  # small: rgb and/or flow (lrtl.model_inputs); null = rgb (dino_vitb8)
     weights: str | None  # dino_vitb8: local DINO weights file (null = random, tests only)
     layers: tuple[int, ...]  # dino_vitb8: blocks whose 'key' features feed the decoder (paper 5, 7, 9, 11)
     patch_stride: int  # dino_vitb8: patch-embedding stride (paper 4)
@@ -302,12 +304,18 @@ class ValidationFrames:
 
     rgb: np.ndarray  # uint8 [V, h, w, 3], already at the model input size
     gt: list[np.ndarray]  # V bool masks [Hg, Wg] at their native resolution
+    flow: np.ndarray | None = None  # float32 [V, 2, h, w] network flow input (lrtl.model_inputs), or None
 
 
 def load_validation(
-    frames: Sequence[str | os.PathLike], params: ValidateParams, input_size: Sequence[int]
+    frames: Sequence[str | os.PathLike],
+    params: ValidateParams,
+    input_size: Sequence[int],
+    input_flow: dict[str, np.ndarray] | None = None,
 ) -> ValidationFrames | None:
-    """Up to `params.frames` annotated frames spread evenly over the stores; None without ground truth."""
+    """Up to `params.frames` annotated frames spread evenly over the stores; None without ground truth.
+
+    input_flow: frames store -> its network flow input [T, 2, h, w], for a model that takes flow."""
     if params.every <= 0 or params.frames <= 0:
         return None
     annotated = []  # (store, row in gt, frame index)
@@ -321,7 +329,8 @@ def load_validation(
     groups = {store: open_store(store, "frames") for store, _, _ in chosen}
     rgb = [resize_rgb(groups[store]["rgb"][frame][None], input_size)[0] for store, _, frame in chosen]
     gt = [groups[store]["gt"][row].astype(bool) for store, row, _ in chosen]
-    return ValidationFrames(np.stack(rgb), gt)
+    flow = None if input_flow is None else np.stack([input_flow[store][frame] for store, _, frame in chosen])
+    return ValidationFrames(np.stack(rgb), gt, flow)
 
 
 def validate(model, frames: ValidationFrames, input_size, device, threshold: float) -> float:
@@ -330,7 +339,8 @@ def validate(model, frames: ValidationFrames, input_size, device, threshold: flo
     The K masks are merged to 2 without labels (the model's decoder features); leaves the model in train mode.
     """
     try:
-        merged = Predictor(model, input_size, device, batch_size=8).predict(frames.rgb)["merged"]  # [V, 2, h, w]
+        predictor = Predictor(model, input_size, device, batch_size=8, inputs=input_kinds(model.cfg))
+        merged = predictor.predict(frames.rgb, frames.flow)["merged"]  # [V, 2, h, w]
     finally:
         model.train()
     scores = [best_of_two(upsample(m, *gt.shape) > threshold, gt)[0] for m, gt in zip(merged, frames.gt, strict=True)]
@@ -409,8 +419,9 @@ def run_train(
     grad_clip = REFERENCE_GRAD_CLIP if reference else params.optim.grad_clip
 
     # data: frames and flow of every sequence in memory, tracks read per query frame
+    inputs = input_kinds(params.model.to_dict())  # what the network sees: rgb and/or flow
     sequences = [
-        load_sequence(f, w, t, input_size=params.model.input_size, params=params.data)
+        load_sequence(f, w, t, input_size=params.model.input_size, params=params.data, flow_input="flow" in inputs)
         for f, w, t in zip(frames, flow, tracks, strict=True)
     ]
     items = TrainItems(sequences, params.data, seed=params.seed, compat_reference=reference)
@@ -420,7 +431,8 @@ def run_train(
         sum(s.n_frames for s in sequences),
         items.track_size,
     )
-    validation = load_validation(frames, params.validate, params.model.input_size)
+    input_flow = {str(f): s.input_flow for f, s in zip(frames, sequences, strict=True)} if "flow" in inputs else None
+    validation = load_validation(frames, params.validate, params.model.input_size, input_flow)
     if validation is not None:
         log.info("validating every %d steps on %d annotated frames", params.validate.every, len(validation.gt))
 
@@ -487,7 +499,7 @@ def run_train(
             }
             data_done = time.perf_counter()
 
-            out_model = model(normalize_images(batch["rgb"]))  # logits [4B, K, h, w]
+            out_model = model(model_input(batch["rgb"], batch.get("flow_input"), inputs))  # logits [4B, K, h, w]
             terms = compute_losses(out_model, batch, params, step, items.track_size)
             optimizer.zero_grad(set_to_none=True)
             terms["total"].backward()

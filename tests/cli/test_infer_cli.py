@@ -15,7 +15,8 @@ from tests.conftest import config_section, tiny_model
 
 T, H, W = 6, 40, 56
 
-TINY_MODEL = tiny_model(k=4)
+TINY_MODEL = tiny_model(k=4, backbone={"inputs": ["rgb"]})
+FLOW_MODEL = tiny_model(k=4, backbone={"inputs": ["rgb", "flow"]})
 _INFER = config_section(
     "infer",
     device="cpu",
@@ -47,17 +48,15 @@ def sequence(tmp_path_factory):
     return {"root": root, "frames": frames, "masks": masks}
 
 
-@pytest.fixture(scope="module")
-def checkpoint(sequence):
+def write_checkpoint(path, model_cfg):
     from lrtl.model import CHECKPOINT_FORMAT, build_model
 
     torch.manual_seed(0)
-    model = build_model(dict(TINY_MODEL))
-    path = sequence["root"] / "model.pt"
+    model = build_model(dict(model_cfg))
     torch.save(
         {
             "format": CHECKPOINT_FORMAT,
-            "model_cfg": dict(TINY_MODEL),
+            "model_cfg": dict(model_cfg),
             "model": model.state_dict(),
             "step": 7,
             "params": {"seed": 3, "compat": "fixed"},
@@ -67,13 +66,33 @@ def checkpoint(sequence):
     return path
 
 
-def run_infer(sequence, checkpoint, params, name):
+@pytest.fixture(scope="module")
+def checkpoint(sequence):
+    return write_checkpoint(sequence["root"] / "model.pt", TINY_MODEL)
+
+
+def square_flow(sequence, camera=(1.5, -0.5)):
+    """A flow store of the moving square: the camera's flow plus 3 px/frame to the right on the square."""
+    masks = sequence["masks"]
+    camera = np.array(camera, dtype=np.float32)
+    flows = {g: np.zeros((T, H, W, 2), np.float32) + np.sign(g) * camera for g in (1, -1)}
+    for t in range(T):
+        flows[1][t][masks[t]] = camera + [3.0, 0.0]  # the square moves 3 px right relative to the camera
+        flows[-1][t][masks[t]] = -(camera + [3.0, 0.0])
+    flow = sequence["root"] / "flow.zarr"
+    if not flow.exists():
+        stores.write_flow(flow, flows, backend="test")
+    return flow
+
+
+def run_infer(sequence, checkpoint, params, name, flow=None):
     out = sequence["root"] / f"{name}.zarr"
     pictures = sequence["root"] / name
     infer_main(
         [
             "--model", str(checkpoint),
             "--frames", str(sequence["frames"]),
+            *(["--flow", str(flow)] if flow else []),
             "--params", json.dumps(params),
             "--run", name,
             "--out", str(out),
@@ -112,6 +131,17 @@ def test_infer_writes_masks_and_pictures_draws_them(sequence, checkpoint):
         assert (pictures / name).is_file()
     assert Image.open(pictures / "overlay.gif").n_frames == T
     assert not list(sequence["root"].glob("*.tmp-*"))  # atomic writes leave nothing behind
+
+
+def test_infer_of_a_model_that_takes_flow_reads_the_flow_store(sequence, capsys):
+    checkpoint = write_checkpoint(sequence["root"] / "flow-model.pt", FLOW_MODEL)
+    with pytest.raises(SystemExit):
+        run_infer(sequence, checkpoint, INFER, "flow-missing")
+    assert "--flow" in capsys.readouterr().err
+    out, _ = run_infer(sequence, checkpoint, INFER, "with-flow", flow=square_flow(sequence))
+    soft, merged, _ = stores.read_masks(out)
+    assert soft.shape == (T, 4, 32, 48)
+    np.testing.assert_allclose(merged.sum(axis=1), 1.0, atol=5e-3)
 
 
 def test_infer_dino_merge_needs_weights_file(sequence, checkpoint, capsys):
@@ -168,13 +198,7 @@ def test_non_finite_masks_stop_the_pictures_naming_the_store(sequence, checkpoin
 
 def test_baseline_finds_the_moving_square_under_camera_motion(sequence):
     masks = sequence["masks"]
-    camera = np.array([1.5, -0.5], dtype=np.float32)
-    flows = {g: np.zeros((T, H, W, 2), np.float32) + np.sign(g) * camera for g in (1, -1)}
-    for t in range(T):
-        flows[1][t][masks[t]] = camera + [3.0, 0.0]  # the square moves 3 px right relative to the camera
-        flows[-1][t][masks[t]] = -(camera + [3.0, 0.0])
-    flow = sequence["root"] / "flow.zarr"
-    stores.write_flow(flow, flows, backend="test")
+    flow = square_flow(sequence)
     for model in ("median", "affine"):
         out = sequence["root"] / f"baseline-{model}.zarr"
         params = config_section("baseline", camera_model=model, threshold_px=1.0)

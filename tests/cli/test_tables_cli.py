@@ -220,3 +220,11 @@ def test_missing_or_garbled_published_tsv_names_the_file(tmp_path, tsvs, capsys,
     err = capsys.readouterr().err
     assert "Traceback" not in err and f"{bad}: " in err
     assert re.search(expected, err), err
+def test_track_baseline_is_a_no_learning_row_after_the_learned_runs(tmp_path, tsvs):
+    extra = write_tsv(tmp_path / "seqwise-a-tracks.tsv",
+                      frame_rows("seqwise", "a", "baseline_tracks", [0.75], 4, seed=None))  # fmt: skip
+    table = pd.read_csv(run(tmp_path, [*tsvs, extra]) / "table1.csv")
+    ours = table[table["source"] != "quoted"]["method"].tolist()
+    assert ours == ["full", "baseline", "baseline_tracks", "all-foreground"]
+    row = table[table["method"] == "baseline_tracks"].iloc[0]
+    assert row["source"] == "ours, no learning" and row["SEQ J"] == pytest.approx(75.0)

@@ -107,7 +107,8 @@ def test_train_writes_model_metrics_and_curve(first_run):
     model, cfg = load_checkpoint(root / "run" / "model.pt")
     assert cfg["k"] == 3 and list(cfg["input_size"]) == [32, 48]
     assert cfg["checkpoint"]["step"] == 4 and cfg["checkpoint"]["params"]["seed"] == 0
-    out = model(torch.randn(1, 3, 32, 48))
+    assert list(cfg["backbone"]["inputs"]) == ["rgb", "flow"]  # config.yaml's default: RGB + flow channels
+    out = model(torch.randn(1, 5, 32, 48))
     assert out.logits.shape == (1, 3, 32, 48)
     assert not list(root.glob("**/*.tmp-*"))  # atomic writes left nothing behind
 
@@ -311,7 +312,8 @@ def test_schedules_are_relative_to_the_run_length():
 def test_dino_backbone_trains_frozen_and_is_not_checkpointed(inputs, tmp_path):
     """The paper backbone (random weights: weights null) through a training step and back from model.pt."""
     params = copy.deepcopy(PARAMS)
-    params["model"]["backbone"].update(name="dino_vitb8", layers=[9, 11])
+    # inputs: null, as the workflow passes the small backbone's own keys to the DINO one
+    params["model"]["backbone"].update(name="dino_vitb8", layers=[9, 11], inputs=None)
     params["model"]["mask_stride"] = 1
     params.update(iterations=1, checkpoint_every=1)
     run(inputs, tmp_path, params)

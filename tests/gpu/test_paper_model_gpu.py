@@ -18,7 +18,8 @@ import torch.nn.functional as F
 import yaml
 
 from lrtl.losses import flow_loss, lowrank_trajectory_loss, mask_weights, trajectory_matrix
-from lrtl.model import build_model, normalize_images
+from lrtl.model import build_model
+from lrtl.model_inputs import normalize_images
 
 pytestmark = [
     pytest.mark.gpu,

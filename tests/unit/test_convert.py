@@ -35,7 +35,8 @@ import yaml
 import lrtl.backbones
 from lrtl.cli import StageError
 from lrtl.convert import convert_state_dict, key_permutation, main
-from lrtl.model import build_model, load_checkpoint, normalize_images
+from lrtl.model import build_model, load_checkpoint
+from lrtl.model_inputs import normalize_images
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 ROOT = Path(__file__).resolve().parents[2]

@@ -90,10 +90,10 @@ def inputs(tiny_dataset, tmp_path_factory):
     return build_training_inputs(tiny_dataset, tmp_path_factory.mktemp("train_inputs"))
 
 
-def make_items(inputs, compat_reference=False, **overrides) -> TrainItems:
+def make_items(inputs, compat_reference=False, flow_input=False, **overrides) -> TrainItems:
     params = DataParams.from_mapping({**DATA, **overrides})
     sequences = [
-        load_sequence(f, w, t, input_size=INPUT_SIZE, params=params)
+        load_sequence(f, w, t, input_size=INPUT_SIZE, params=params, flow_input=flow_input)
         for f, w, t in zip(inputs["frames"], inputs["flow"], inputs["tracks"], strict=True)
     ]
     return TrainItems(sequences, params, seed=3, compat_reference=compat_reference)
@@ -393,3 +393,19 @@ def test_flow_read_per_item_equals_preloaded_flow(inputs):
     assert lazy.sequences[0].flow is None
     for key in (0, 7):
         assert np.array_equal(preloaded[key]["flow"], lazy[key]["flow"])
+
+
+def test_items_carry_the_network_flow_input_and_flip_it(inputs):
+    from lrtl.model_inputs import read_input_flow
+
+    assert "flow_input" not in make_items(inputs)[0]
+    items = make_items(inputs, flow_input=True, flip=0.0)
+    item = items[2]
+    seq = int(item["sequence"])
+    expected = read_input_flow(inputs["flow"][seq], INPUT_SIZE)[item["frames"]]
+    assert item["flow_input"].shape == (4, 2, 32, 48)
+    np.testing.assert_array_equal(item["flow_input"], expected)
+    flipped = flip_item(item, width=96, negate_u=False)  # even under compat: reference, the input's u flips sign
+    np.testing.assert_array_equal(flipped["flow_input"][:, 0], -item["flow_input"][:, 0, :, ::-1])
+    np.testing.assert_array_equal(flipped["flow_input"][:, 1], item["flow_input"][:, 1, :, ::-1])
+    np.testing.assert_array_equal(flip_item(flipped, width=96, negate_u=False)["flow_input"], item["flow_input"])

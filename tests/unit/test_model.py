@@ -9,10 +9,11 @@ import torch
 from lrtl.backbones import DinoViT, build_backbone
 from lrtl.cli import StageError
 from lrtl.imageops import resize_rgb
-from lrtl.model import build_model, load_checkpoint, normalize_images
+from lrtl.model import build_model, load_checkpoint
+from lrtl.model_inputs import normalize_images
 from tests.conftest import config_section, tiny_model
 
-TINY = tiny_model(k=3)
+TINY = tiny_model(k=3, backbone={"inputs": ["rgb"]})  # RGB model shapes; flow input: test_model_inputs.py
 
 
 def test_small_model_shapes_and_softmax():
@@ -135,7 +136,10 @@ def test_load_checkpoint_round_trip(tmp_path):
     loaded, cfg = load_checkpoint(path)
     assert cfg["k"] == 3 and list(cfg["input_size"]) == [32, 48]
     assert cfg["checkpoint"]["step"] == 7 and cfg["checkpoint"]["lrtl_version"]
-    images = torch.randn(2, 3, 32, 48)
+    from lrtl.model_inputs import in_channels, input_kinds
+
+    assert input_kinds(cfg) == input_kinds(params.model.to_dict())  # the checkpoint says what the model sees
+    images = torch.randn(2, in_channels(input_kinds(cfg)), 32, 48)
     model.eval()
     assert torch.equal(model(images).logits, loaded(images).logits)
     assert not loaded.training

@@ -66,7 +66,8 @@ def test_dry_run_counts_one_job_per_sequence_and_chunk(workdir: Path) -> None:
     assert counts["train_model"] == n_runs
     assert counts["infer_masks"] == n_runs * len(plan)
     assert counts["baseline_masks"] == len(plan)
-    assert counts["evaluate_sequence"] == (n_runs + 1) * len(plan)
+    assert counts["track_baseline_masks"] == len(plan)
+    assert counts["evaluate_sequence"] == (n_runs + 2) * len(plan)  # the runs, the flow and the track baselines
     assert counts["make_tables"] == 1
 
 
@@ -89,7 +90,7 @@ def test_davis_sheet_dry_run_builds_the_paper_dag(workdir: Path) -> None:
     val = [r for r in rows if r[1] == "val"]
     assert counts["prepare_frames"] == 50
     assert counts["track_chunk"] == sum(math.ceil(int(n) / chunk_size) for _, _, n in rows)
-    assert counts["evaluate_sequence"] == 2 * len(val)
+    assert counts["evaluate_sequence"] == 3 * len(val)  # full, baseline, baseline_tracks
     assert "make_synthetic" not in counts
 
 
@@ -135,7 +136,8 @@ def test_paper_target_dry_run_covers_the_three_table1_datasets(workdir: Path) ->
     assert {"full", "full_fixed"} <= set(paper["targets"]["runs"]) and paper["targets"]["released"]
     assert counts["convert_checkpoint"] == 3  # the released checkpoints' row beside ours
     assert counts["infer_masks"] == (n_runs + 1) * n_eval
-    assert counts["evaluate_sequence"] == (n_runs + 2) * n_eval  # + the no-learning baseline
+    assert counts["track_baseline_masks"] == n_eval
+    assert counts["evaluate_sequence"] == (n_runs + 3) * n_eval  # + released and the two no-learning baselines
     chunk_size = paper.get("tracks", {}).get("chunk_size") or yaml.safe_load(
         (REPO / "config.yaml").read_text())["tracks"]["chunk_size"]
     fbms_chunks = sum(math.ceil((20 + i) / chunk_size) for i in range(len(fbms)))
@@ -241,7 +243,8 @@ def test_named_target_sets_and_sequence_subsets_write_their_own_table_folders(wo
 
 
 @pytest.mark.parametrize("overlay", ["config.paper.yaml", "workflow/overlays/davis2016-sample.yaml",
-                                     "workflow/overlays/fbms59-sample.yaml"])
+                                     "workflow/overlays/davis2016-dev.yaml", "workflow/overlays/fbms59-sample.yaml",
+                                     "workflow/overlays/my-videos.yaml"])
 def test_shipped_overlays_name_their_tables_folder(overlay: str) -> None:
     assert yaml.safe_load((REPO / overlay).read_text())["targets"]["name"]
 
@@ -312,3 +315,16 @@ def test_a_training_run_is_checked_by_the_one_train_schema(workdir: Path) -> Non
     train = schema["properties"]["train"]["properties"]
     assert train["runs"]["additionalProperties"] == {"$ref": "#/$defs/train"}
     assert {"$ref": "#/$defs/train"} in train["defaults"]["allOf"]
+def test_my_videos_template_builds_masks_without_evaluation(workdir: Path) -> None:
+    """The README's "segment your own videos" command on a folder holding one image folder (no ground truth)."""
+    import numpy as np
+    from PIL import Image
+
+    clip = workdir / "videos" / "clip"
+    clip.mkdir(parents=True)
+    for t in range(12):
+        Image.fromarray(np.full((24, 32, 3), 10 * t, np.uint8)).save(clip / f"{t:05d}.jpg")
+    proc = snakemake(workdir, "-n", "all_masks", "--configfile", str(REPO / "workflow/overlays/my-videos.yaml"))
+    counts = job_counts(proc.stdout)
+    assert counts["infer_masks"] == counts["baseline_masks"] == counts["track_baseline_masks"] == 1
+    assert "evaluate_sequence" not in counts and "make_tables" not in counts

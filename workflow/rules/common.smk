@@ -85,6 +85,7 @@ validate(config, CONFIG_SCHEMA)
 PIPELINE_RUNS = list(config["train"]["runs"])
 BASELINE_RUN = "baseline"
 RELEASED_RUN = "released"  # the authors' released checkpoints (weights.released), converted by convert_checkpoint
+TRACK_BASELINE_RUN = "baseline_tracks"  # lrtl.track_baseline's masks: the no-learning baseline from tracks
 
 
 def check_targets():
@@ -248,7 +249,7 @@ SEQUENCES = load_sequences()
 
 wildcard_constraints:
     dataset="|".join(config["datasets"]),
-    run="|".join(PIPELINE_RUNS + [BASELINE_RUN, RELEASED_RUN]),
+    run="|".join(PIPELINE_RUNS + [BASELINE_RUN, TRACK_BASELINE_RUN, RELEASED_RUN]),
     sequence=r"[^/]+(?<!\.zarr)",  # a picture folder {sequence}/ never swallows a store {sequence}.zarr
     chunk=r"\d{3}",
     resolution=r"[^/]+",
@@ -280,7 +281,7 @@ def chunk_paths(wildcards):
 
 # Backbone keys each backbone reads; the others are passed as null, so that editing them retrains nothing.
 BACKBONE_KEYS = {
-    "small": {"name", "channels"},
+    "small": {"name", "channels", "inputs"},
     "dino_vitb8": {"name", "weights", "layers", "patch_stride"},
 }
 
@@ -431,7 +432,14 @@ def infer_inputs(wildcards):
         inputs["dino_weights"] = config["infer"][
             "dino_weights"
         ]  # declared only; lrtl.infer reads it from params
+    if "flow" in (run_params(wildcards)["model"]["backbone"]["inputs"] or []):
+        inputs["flow"] = f"results/{wildcards.dataset}/flow/{wildcards.sequence}.zarr"
     return inputs
+
+
+def infer_flow_flag(wildcards, input):
+    """`--flow <store>` for a model that takes optical flow as input (train.*.model.backbone.inputs), else ""."""
+    return f"--flow {shlex.quote(input.flow)}" if "flow" in input.keys() else ""
 
 
 def input_flags(wildcards, input):
@@ -587,11 +595,11 @@ def released_datasets():
 
 
 def evaluated_runs(dataset):
-    """targets.runs, the baseline, and the released checkpoint where targets.released asks for it."""
+    """targets.runs, the two no-learning baselines, and the released checkpoint where targets.released asks."""
     released = config["targets"]["released"] and dataset in released_datasets()
     return (
         config["targets"]["runs"]
-        + [BASELINE_RUN]
+        + [BASELINE_RUN, TRACK_BASELINE_RUN]
         + ([RELEASED_RUN] if released else [])
     )
 

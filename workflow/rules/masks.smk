@@ -1,5 +1,5 @@
-# Masks: the trained model's K soft masks merged to 2 per frame, the no-learning baseline from flow, and the
-# pictures of every masks store (a CPU job of its own, so that picture settings never rerun inference).
+# Masks: the trained model's K soft masks merged to 2 per frame, the no-learning baselines from flow and tracks,
+# and the pictures of every masks store (a CPU job of its own, so that picture settings never rerun inference).
 
 
 rule infer_masks:
@@ -20,12 +20,14 @@ rule infer_masks:
         runtime=runtime_per_attempt(60),
     params:
         infer=stage_params("infer"),
+        flow=infer_flow_flag,
         settings=stage_settings("infer"),
     shell:
         """
         OMP_WAIT_POLICY=PASSIVE python -m lrtl.infer \
             --model {input.model:q} \
             --frames {input.frames:q} \
+            {params.flow} \
             --run {wildcards.run:q} \
             --params {params.infer:q} \
             --settings {params.settings:q} \
@@ -73,6 +75,29 @@ rule draw_pictures:
             --masks {input.masks:q} \
             --frames {input.frames:q} \
             --params {params.pictures:q} \
+            --out {output:q} \
+            >{log:q} 2>&1
+        """
+
+
+rule track_baseline_masks:
+    input:
+        frames="results/{dataset}/frames/{sequence}.zarr",
+        tracks="results/{dataset}/tracks/{sequence}/index.json",
+    output:
+        directory("results/{dataset}/masks/baseline_tracks/{sequence}.zarr"),
+    log:
+        "logs/{dataset}/masks/baseline_tracks/{sequence}.log",
+    benchmark:
+        "benchmarks/{dataset}/masks/baseline_tracks/{sequence}.tsv"
+    params:
+        track_baseline=stage_params("track_baseline"),
+    shell:
+        """
+        python -m lrtl.track_baseline \
+            --frames {input.frames:q} \
+            --tracks {input.tracks:q} \
+            --params {params.track_baseline:q} \
             --out {output:q} \
             >{log:q} 2>&1
         """
