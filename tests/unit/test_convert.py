@@ -126,11 +126,12 @@ def test_key_permutation_maps_reference_channel_order_to_lrtl():
 
 
 def paper_model_section() -> dict:
-    """config.yaml's train.defaults.model with config.paper.yaml's model section over it (weights: random)."""
+    """config.yaml's train.defaults.model with config.paper.yaml's model section over it (weights: random; the
+    small net's `inputs` null, as the workflow passes an unused backbone key)."""
     base = yaml.safe_load((ROOT / "config.yaml").read_text())["train"]["defaults"]["model"]
     paper = yaml.safe_load((ROOT / "config.paper.yaml").read_text())["train"]["defaults"]["model"]
     merged = {**base, **{k: v for k, v in paper.items() if k != "backbone"}}
-    merged["backbone"] = {**base["backbone"], **paper.get("backbone", {}), "weights": None}
+    merged["backbone"] = {**base["backbone"], **paper.get("backbone", {}), "weights": None, "inputs": None}
     return merged
 
 
