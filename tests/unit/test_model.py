@@ -198,7 +198,7 @@ def test_small_model_frames_are_independent_and_every_parameter_learns():
     """Per-frame computation (GroupNorm, no batch statistics): a frame's masks do not depend on the other frames
     of the batch; one backward pass reaches every trainable parameter."""
     torch.manual_seed(0)
-    model = build_model(tiny_model(k=3, dropout=0.0)).train()  # train mode: batch statistics would show here
+    model = build_model(tiny_model(k=3, dropout=0.0, backbone={"inputs": ["rgb"]})).train()  # batch stats would show
     images = torch.randn(4, 3, 32, 48)
     with torch.no_grad():
         batch = model(images).logits  # [4, K, 32, 48]

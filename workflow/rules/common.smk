@@ -432,7 +432,7 @@ def infer_inputs(wildcards):
         inputs["dino_weights"] = config["infer"][
             "dino_weights"
         ]  # declared only; lrtl.infer reads it from params
-    if "flow" in (run_params(wildcards)["model"]["backbone"]["inputs"] or []):
+    if "flow" in (model_section(wildcards)["backbone"]["inputs"] or []):
         inputs["flow"] = f"results/{wildcards.dataset}/flow/{wildcards.sequence}.zarr"
     return inputs
 
