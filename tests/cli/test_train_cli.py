@@ -16,7 +16,9 @@ from tests.unit.test_data import build_training_inputs
 
 PARAMS = config_section(
     "train.defaults",
-    model=tiny_model(k=3, dropout=0.1, mask_stride=4, backbone={"weights": None, "layers": []}),
+    model=tiny_model(
+        k=3, dropout=0.1, mask_stride=4, backbone={"weights": None, "layers": [], "inputs": ["rgb", "flow"]}
+    ),
     data={
         "pair_offset": 3,
         "n_tracks": 64,
@@ -107,7 +109,7 @@ def test_train_writes_model_metrics_and_curve(first_run):
     model, cfg = load_checkpoint(root / "run" / "model.pt")
     assert cfg["k"] == 3 and list(cfg["input_size"]) == [32, 48]
     assert cfg["checkpoint"]["step"] == 4 and cfg["checkpoint"]["params"]["seed"] == 0
-    assert list(cfg["backbone"]["inputs"]) == ["rgb", "flow"]  # config.yaml's default: RGB + flow channels
+    assert list(cfg["backbone"]["inputs"]) == ["rgb", "flow"]  # these tests train the RGB + flow model
     out = model(torch.randn(1, 5, 32, 48))
     assert out.logits.shape == (1, 3, 32, 48)
     assert not list(root.glob("**/*.tmp-*"))  # atomic writes left nothing behind
