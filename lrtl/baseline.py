@@ -29,7 +29,7 @@ import numpy as np
 
 from lrtl.cli import StageError, json_params, run_stage
 from lrtl.params import Params
-from lrtl.stores import open_flow, open_store, read_flow, write_masks
+from lrtl.stores import open_flow, open_store, read_flow, write_baseline_masks
 
 log = logging.getLogger(__name__)
 
@@ -90,19 +90,7 @@ def run_baseline(*, flow: str | Path, frames: str | Path, out: str | Path, param
         masks.append(np.stack([fg, 1 - fg]))
     merged = np.stack(masks)  # [T, 2, H, W]
     log.info("baseline foreground covers %.1f%% of the pixels on average", 100 * merged[:, 0].mean())
-    write_masks(
-        out,
-        merged,
-        merged,
-        run="baseline",
-        dataset=frame_attrs.get("dataset"),
-        sequence=frame_attrs.get("sequence"),
-        merge="baseline",
-        params=params.to_dict(),
-        checkpoint_rule="none",
-        seed=None,
-        compat=None,
-    )
+    write_baseline_masks(out, merged, frame_attrs, "baseline", params.to_dict())
 
 
 def main(argv: Sequence[str] | None = None) -> None:

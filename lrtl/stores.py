@@ -270,6 +270,15 @@ def write_masks(out: str | os.PathLike, soft: np.ndarray, merged: np.ndarray, **
         create_array(group, "merged", merged.astype(np.float16))
 
 
+def write_baseline_masks(out: str | os.PathLike, merged: np.ndarray, frame_attrs: Mapping[str, Any], run: str,
+                         params: Mapping[str, Any]) -> None:
+    """The masks store of a no-learning baseline (flow or tracks): merged float [T, 2, h, w] doubles as the soft
+    masks (K = 2); no checkpoint, seed or compat mode."""
+    write_masks(out, merged, merged, run=run, dataset=frame_attrs.get("dataset"),
+                sequence=frame_attrs.get("sequence"), merge="baseline", params=dict(params), checkpoint_rule="none",
+                seed=None, compat=None)
+
+
 def read_masks(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """(soft float32 [T, K, h, w], merged float32 [T, 2, h, w], attrs)."""
     group = open_store(path, "masks")

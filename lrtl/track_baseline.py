@@ -41,7 +41,7 @@ import numpy as np
 
 from lrtl.cli import StageError, json_params, run_stage
 from lrtl.params import Params
-from lrtl.stores import open_store, write_masks
+from lrtl.stores import open_store, write_baseline_masks
 from lrtl.track_store import open_sequence_tracks
 
 log = logging.getLogger(__name__)
@@ -191,19 +191,7 @@ def run_track_baseline(
         "track baseline: foreground covers %.1f%% of the pixels on average; %d frames in %.1f s",
         100 * (merged[:, 0] > 0.5).mean(), len(masks), time.perf_counter() - started,
     )
-    write_masks(
-        out,
-        merged,
-        merged,
-        run=RUN,
-        dataset=frame_attrs.get("dataset"),
-        sequence=frame_attrs.get("sequence"),
-        merge="baseline",
-        params=params.to_dict(),
-        checkpoint_rule="none",
-        seed=None,
-        compat=None,
-    )
+    write_baseline_masks(out, merged, frame_attrs, RUN, params.to_dict())
 
 
 def main(argv: Sequence[str] | None = None) -> None:
