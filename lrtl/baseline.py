@@ -27,14 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
+from lrtl.camera import CAMERA_MODELS, camera_flow
 from lrtl.cli import StageError, json_params, run_stage
 from lrtl.params import Params
 from lrtl.stores import open_flow, open_store, read_flow, write_baseline_masks
 
 log = logging.getLogger(__name__)
-
-CAMERA_MODELS = ("median", "affine")
-
 
 @dataclasses.dataclass(frozen=True)
 class BaselineParams(Params):
@@ -43,24 +41,6 @@ class BaselineParams(Params):
         float  # residual flow magnitude above which a pixel is foreground, pixels at flow resolution
     )
     fit_iterations: int  # affine only: refits on the inlier half of the pixels
-
-
-def camera_flow(flow: np.ndarray, model: str, iterations: int) -> np.ndarray:
-    """Estimate of the dominant (camera) flow [H, W, 2] from a flow field [H, W, 2]."""
-    if model == "median":
-        return np.broadcast_to(np.median(flow.reshape(-1, 2), axis=0), flow.shape)
-    if model != "affine":
-        raise StageError(f"baseline.camera_model must be one of {CAMERA_MODELS}, not {model!r}")
-    height, width = flow.shape[:2]
-    ys, xs = np.mgrid[:height, :width]
-    design = np.stack([np.ones(height * width), xs.ravel() / width, ys.ravel() / height], axis=1)  # [P, 3]
-    target = flow.reshape(-1, 2).astype(np.float64)  # [P, 2]
-    inliers = np.ones(len(target), dtype=bool)
-    for _ in range(max(1, iterations) + 1):
-        coef, *_ = np.linalg.lstsq(design[inliers], target[inliers], rcond=None)  # [3, 2]
-        residual = np.linalg.norm(target - design @ coef, axis=1)
-        inliers = residual <= np.median(residual)
-    return (design @ coef).reshape(height, width, 2).astype(np.float32)
 
 
 def foreground_from_flow(flow: np.ndarray, params: BaselineParams) -> np.ndarray:

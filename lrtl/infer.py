@@ -3,21 +3,28 @@
     python -m lrtl.infer --model model.pt --frames F.zarr [--flow FLOW.zarr] --params '<json of config infer>' \
         [--settings '<json of its run settings>'] --run NAME --out masks.zarr
 
---flow is needed (and read) only by a model that takes optical flow as input (lrtl.model_inputs). Pictures of the
-masks are their own job (lrtl.pictures).
+--flow is needed (and read) by a model that takes optical flow as input (lrtl.model_inputs) and by the motion
+merge (`merge_features: motion`). Pictures of the masks are their own job (lrtl.pictures).
 
 `Predictor` owns everything between a frames array and masks: resizing to the checkpoint's input size
 (lrtl.imageops.resize_rgb, shared with training), ImageNet normalisation (lrtl.model_inputs.normalize_images),
-the no-grad scope, batching, the device, and the merge:
+the no-grad scope, batching, the device, and the merge. By features (decoder, dino_vits8):
 
 1. per mask k, the soft-mask-weighted mean of the merge features, L2-normalised;
 2. affinity = cosine similarity clamped at >= 1e-6;
 3. scikit-learn SpectralClustering(2, affinity='precomputed', random_state=0);
 4. each merged mask = sum of the soft masks of its group.
 
-Merge features (`merge_features`): `decoder` = the model's own mask features (CPU default), or `dino_vits8` =
-block-11 'key' features of a frozen DINO ViT-S/8 with patch stride 4 (paper setting, weights from a
-local file), both bilinearly upsampled to the mask resolution. K == 2 is the identity.
+Merge features (`merge_features`): `dino_vits8` = block-11 'key' features of a frozen DINO ViT-S/8 with patch
+stride 4 (paper setting, weights from a local file), or `decoder` = the model's own mask features, both bilinearly
+upsampled to the mask resolution. K == 2 is the identity.
+
+`motion` (CPU default) groups the masks by how they move instead of how they look: each mask's soft-weighted mean
+residual speed after removing the camera's affine motion from the frame's optical flow (lrtl.model_inputs), then the
+two-group split of log(speed + MOTION_FLOOR_PX) with the largest between-group variance, masses as weights
+(Otsu's criterion); group 0 is the faster group, the foreground. Appearance features group an object with a
+background part that looks like it; on the synthetic default with a flow-input net the decoder-feature merge
+scored J 59.7 where the best subset of the same masks scored 95.0 (motion: 95.0).
 
 Degenerate frames: a mask with total soft mass below `MIN_MASS` pixels counts as empty and joins group 1;
 with at most one non-empty mask everything non-empty is group 0; with exactly two, one group each; if
@@ -41,6 +48,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from lrtl.cli import StageError, add_settings_argument, json_params, run_stage
+from lrtl.imageops import resize_rgb
+from lrtl.model import load_checkpoint
+from lrtl.model_inputs import input_kinds, model_input, normalize_images, read_input_flow, read_residual_speed
 from lrtl.params import Params
 from lrtl.runtime import resolve_device
 from lrtl.settings import merge_settings
@@ -49,7 +59,8 @@ from lrtl.stores import open_store, read_rgb, write_masks
 log = logging.getLogger(__name__)
 
 MIN_MASS = 1.0  # a soft mask with less total mass (in pixels) than this is treated as empty
-MERGE_FEATURES = ("decoder", "dino_vits8")
+MERGE_FEATURES = ("motion", "decoder", "dino_vits8")
+MOTION_FLOOR_PX = 0.1  # px at the model input size added to mask speeds before the log: slower counts as still
 DINO_MERGE_ARCH = "vit_small_patch8_224"  # DINO ViT-S/8 uses timm's ViT-S/8 parameter names
 DINO_MERGE_LAYER = 11  # last block of ViT-S (12 blocks)
 
@@ -58,7 +69,7 @@ DINO_MERGE_LAYER = 11  # last block of ViT-S (12 blocks)
 class InferParams(Params):
     device: str  # auto | cpu | cuda
     batch_size: int  # frames per forward pass
-    merge_features: str  # decoder | dino_vits8
+    merge_features: str  # motion | decoder | dino_vits8
     dino_weights: str | None  # local DINO ViT-S/8 weights file (dino_vits8 only); null = random (tests only)
     dino_patch_stride: int  # patch-embedding stride of the merge ViT, pixels (paper 4)
 
@@ -85,18 +96,26 @@ def affinity(features: np.ndarray) -> np.ndarray:
     return np.clip(features @ features.T, 1e-6, None)
 
 
-def merge_groups(features: np.ndarray, mass: np.ndarray) -> np.ndarray:
-    """Group (0 or 1) of each of K masks from normalised mean features [K, F] and mass [K] -> int [K]."""
-    k = features.shape[0]
-    groups = np.ones(k, dtype=np.int64)  # empty masks go to group 1
+def live_masks(mass: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Indices of the non-empty masks of mass [K], and the groups int [K] when they leave nothing to cluster
+    (at most two non-empty masks), else None. Empty masks join group 1."""
+    groups = np.ones(len(mass), dtype=np.int64)
     live = np.flatnonzero(mass >= MIN_MASS)
-    if k == 2 and len(live) == 2:
-        return np.array([0, 1])
+    if len(mass) == 2 and len(live) == 2:
+        return live, np.array([0, 1])
     if len(live) <= 1:
         groups[live] = 0
-        return groups
+        return live, groups
     if len(live) == 2:
         groups[live] = [0, 1]
+        return live, groups
+    return live, None
+
+
+def merge_groups(features: np.ndarray, mass: np.ndarray) -> np.ndarray:
+    """Group (0 or 1) of each of K masks from normalised mean features [K, F] and mass [K] -> int [K]."""
+    live, groups = live_masks(mass)
+    if groups is not None:
         return groups
     from sklearn.cluster import SpectralClustering
 
@@ -107,7 +126,35 @@ def merge_groups(features: np.ndarray, mass: np.ndarray) -> np.ndarray:
     if labels.min() == labels.max():  # one cluster: split off the mask least similar to the rest
         labels = np.zeros(len(live), dtype=np.int64)
         labels[np.argmin(matrix.sum(axis=1) - np.diag(matrix))] = 1
+    groups = np.ones(len(mass), dtype=np.int64)
     groups[live] = labels
+    return groups
+
+
+def motion_groups(speed: np.ndarray, mass: np.ndarray) -> np.ndarray:
+    """Group of each of K masks from their mean residual speed [K] (px) and mass [K] -> int [K]; group 0 moves.
+
+    The split of the sorted log(speed + MOTION_FLOOR_PX) with the largest mass-weighted between-group variance.
+    """
+    live, groups = live_masks(mass)
+    if groups is not None:
+        if len(live) == 2:  # the faster of two masks is group 0
+            groups[live] = 1
+            groups[live[np.argmax(speed[live])]] = 0
+        return groups
+    value, weight = np.log(speed[live] + MOTION_FLOOR_PX), mass[live]
+    order = np.argsort(value)
+    best, fast = -1.0, order[-1:]
+    for cut in range(1, len(order)):
+        slow_idx, fast_idx = order[:cut], order[cut:]
+        w_slow, w_fast = weight[slow_idx].sum(), weight[fast_idx].sum()
+        mean_slow = (value[slow_idx] * weight[slow_idx]).sum() / w_slow
+        mean_fast = (value[fast_idx] * weight[fast_idx]).sum() / w_fast
+        between = w_slow * w_fast * (mean_fast - mean_slow) ** 2
+        if between > best:
+            best, fast = between, fast_idx
+    groups = np.ones(len(mass), dtype=np.int64)
+    groups[live[fast]] = 0
     return groups
 
 
@@ -164,15 +211,17 @@ class Predictor:
         self.merge_backbone = None if merge_backbone is None else merge_backbone.to(device).eval()
 
     @torch.no_grad()
-    def predict(self, rgb: np.ndarray, flow: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    def predict(
+        self, rgb: np.ndarray, flow: np.ndarray | None = None, speed: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
         """rgb uint8 [T, H, W, 3] (and, for a model that takes flow, its encoded flow float32 [T, 2, h, w] at the
         input size, lrtl.model_inputs.read_input_flow) -> soft float32 [T, K, h, w], merged float32
-        [T, 2, h, w], groups int [T, K]."""
-        from lrtl.imageops import resize_rgb
-        from lrtl.model_inputs import model_input, normalize_images
-
+        [T, 2, h, w], groups int [T, K]. With `speed`, the residual speed maps float32 [T, h, w] at the input size
+        (lrtl.model_inputs.read_residual_speed), the masks are merged by motion (motion_groups), else by features."""
         if "flow" in self.inputs and (flow is None or len(flow) != len(rgb)):
             raise StageError(f"the model takes optical flow as input: give the flow of all {len(rgb)} frames")
+        if speed is not None and speed.shape != (len(rgb), *self.input_size):
+            raise StageError(f"motion merge: speed maps {speed.shape} do not match {len(rgb)} frames at {self.input_size}")
 
         soft_all, merged_all, groups_all = [], [], []
         starts = range(0, len(rgb), self.batch_size)
@@ -185,14 +234,20 @@ class Predictor:
             if logits.shape[-2:] != self.input_size:
                 logits = F.interpolate(logits, size=self.input_size, mode="bilinear", align_corners=False)
             soft = logits.softmax(dim=1)  # [B, K, h, w]
-            feats = (
-                out.features if self.merge_backbone is None else self.merge_backbone(normalize_images(rgb_batch))
-            )  # [B, F, h', w']
-            means, mass = mask_features(soft, feats.float())  # [B, K, F], [B, K]
             soft_np = soft.cpu().numpy()
-            means_np, mass_np = means.cpu().numpy(), mass.cpu().numpy()
-            for b in range(soft_np.shape[0]):
-                groups = merge_groups(means_np[b], mass_np[b])
+            if speed is not None:
+                mass_np = soft_np.sum(axis=(-2, -1))  # [B, K]
+                speed_batch = speed[start : start + self.batch_size]  # [B, h, w]
+                mean_speed = np.einsum("bkhw,bhw->bk", soft_np, speed_batch) / np.maximum(mass_np, 1e-12)  # [B, K]
+                groups_batch = [motion_groups(mean_speed[b], mass_np[b]) for b in range(len(soft_np))]
+            else:
+                feats = (
+                    out.features if self.merge_backbone is None else self.merge_backbone(normalize_images(rgb_batch))
+                )  # [B, F, h', w']
+                means, mass = mask_features(soft, feats.float())  # [B, K, F], [B, K]
+                means_np, mass_np = means.cpu().numpy(), mass.cpu().numpy()
+                groups_batch = [merge_groups(means_np[b], mass_np[b]) for b in range(len(soft_np))]
+            for b, groups in enumerate(groups_batch):
                 soft_all.append(soft_np[b])
                 merged_all.append(merge_masks(soft_np[b], groups))
                 groups_all.append(groups)
@@ -201,9 +256,6 @@ class Predictor:
 
 def build_predictor(model_path: str | Path, params: InferParams) -> tuple[Predictor, dict[str, Any]]:
     """Load a checkpoint and, for dino_vits8, the merge ViT -> (predictor, model cfg)."""
-    from lrtl.model import load_checkpoint
-    from lrtl.model_inputs import input_kinds
-
     device = resolve_device(params.device, "infer.device")
     model, cfg = load_checkpoint(model_path, device)
     if params.merge_features not in MERGE_FEATURES:
@@ -237,8 +289,6 @@ def run_infer(
     predictor, cfg = build_predictor(model, params)
     flow_input = None
     if "flow" in predictor.inputs:
-        from lrtl.model_inputs import read_input_flow
-
         if flow is None:
             raise StageError(
                 f"{model}: this model takes optical flow as input; pass the sequence's flow store (--flow)"
@@ -246,7 +296,17 @@ def run_infer(
         flow_input = read_input_flow(flow, predictor.input_size)  # [T, 2, h, w]
         if len(flow_input) != len(rgb):
             raise StageError(f"{flow}: {len(flow_input)} frames, but {frames} has {len(rgb)}; rebuild its flow")
-    result = predictor.predict(rgb, flow_input)
+    speed = None
+    if params.merge_features == "motion" and int(cfg["k"]) > 2:
+        if flow is None:
+            raise StageError(
+                f"infer.merge_features: motion merges the masks by their motion; pass the sequence's flow store "
+                f"(--flow) or set merge_features: decoder"
+            )
+        speed = read_residual_speed(flow, predictor.input_size)  # [T, h, w]
+        if len(speed) != len(rgb):
+            raise StageError(f"{flow}: {len(speed)} frames, but {frames} has {len(rgb)}; rebuild its flow")
+    result = predictor.predict(rgb, flow_input, speed)
     provenance = cfg.get("checkpoint") or {}
     train_params = provenance.get("params") or {}
     write_masks(
@@ -292,7 +352,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m lrtl.infer", description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, help="checkpoint written by lrtl.train (model.pt)")
     parser.add_argument("--frames", required=True, help="frames store of one sequence")
-    parser.add_argument("--flow", help="flow store of the sequence; only for a model that takes flow as input")
+    parser.add_argument("--flow", help="flow store of the sequence: for a model that takes flow as input and for merge_features: motion")
     parser.add_argument(
         "--params", required=True, type=json_params, help="JSON of the config section `infer`"
     )

@@ -5,10 +5,14 @@
 The picture folder of one sequence is its own CPU job reading the masks store, so that changing a picture
 setting redraws pictures and never reruns inference.
 
-The foreground heuristic used for pictures (never for scores, which take the best of the two merged masks
-against GT, METHOD.md §9.3): of the two merged masks, the foreground is the one that covers the smaller
-fraction of the image border, because background regions usually reach the frame edge and objects usually
-do not. Ties go to the smaller mask.
+Which merged mask is shown as foreground (pictures only; scores take the best of the two against GT, METHOD.md
+§9.3): the first one where the masks say so, i.e. the motion merge (lrtl.infer, group 0 moves against the camera)
+and the no-learning baselines. Otherwise (feature merges) a heuristic: the mask that covers the smaller fraction of
+the image border, because background regions usually reach the frame edge and objects usually do not; ties go to
+the smaller mask.
+
+The binary mask PNGs come out at the sequence's native resolution (the frames store's native_height x
+native_width: a video's own size, before the store's resize); the sheets and the GIF are thumbnails.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from PIL import Image
 from lrtl.cli import json_params, run_stage
 from lrtl.imageops import upsample
 from lrtl.params import Params
-from lrtl.stores import atomic_path, read_masks, read_rgb
+from lrtl.stores import atomic_path, open_store, read_masks, read_rgb
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,7 @@ PALETTE = np.array(
     dtype=np.float32,
 )
 FOREGROUND_COLOUR = np.array([255, 40, 40], dtype=np.float32)
+FOREGROUND_FIRST = ("motion", "baseline")  # masks-store `merge` attrs whose merged mask 0 is the foreground
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,21 +122,30 @@ def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
 
 
 def write_sequence_pictures(
-    out_dir: str | os.PathLike, rgb: np.ndarray, soft: np.ndarray, merged: np.ndarray, params: PicturesParams
+    out_dir: str | os.PathLike,
+    rgb: np.ndarray,
+    soft: np.ndarray,
+    merged: np.ndarray,
+    params: PicturesParams,
+    native_size: Sequence[int] | None = None,
+    foreground_first: bool = False,
 ) -> dict[str, str]:
     """Write the picture folder of one sequence atomically; returns {kind: file name}.
 
-    rgb uint8 [T, H, W, 3] (frames store resolution); soft float [T, K, h, w]; merged float [T, 2, h, w].
+    rgb uint8 [T, H, W, 3] (frames store resolution); soft float [T, K, h, w]; merged float [T, 2, h, w];
+    native_size: (height, width) of the binary PNGs (default H, W); foreground_first: merged mask 0 is the
+    foreground (else the border heuristic above picks it).
     Folder contents:
-      NNNNN.png             binary foreground (0/255) per frame at frame resolution (border heuristic above)
+      NNNNN.png             binary foreground (0/255) per frame at native_size
       overlay-sheet.png     contact sheet of foreground overlays (at most sheet_max_frames frames)
       overlay.gif           animated foreground overlay, every frame
       k-masks-sheet.png     the K soft masks before merging, one colour per mask, blended over the frame
     """
     n_frames, height, width, _ = rgb.shape
+    native_h, native_w = (height, width) if native_size is None else (int(native_size[0]), int(native_size[1]))
     merged_full = upsample(merged, height, width)  # [T, 2, H, W]
     merged_bin = merged_full > 0.5
-    choice = foreground_index(merged_bin)
+    choice = np.zeros(n_frames, dtype=np.int64) if foreground_first else foreground_index(merged_bin)
     foreground = merged_bin[np.arange(n_frames), choice]  # [T, H, W]
     names = {
         "overlay_sheet": "overlay-sheet.png",
@@ -141,7 +155,8 @@ def write_sequence_pictures(
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
         for t in range(n_frames):
-            write_png(tmp / f"{t:05d}.png", foreground[t].astype(np.uint8) * 255)
+            native = upsample(merged[t, choice[t]][None], native_h, native_w)[0] > 0.5  # [native_h, native_w]
+            write_png(tmp / f"{t:05d}.png", native.astype(np.uint8) * 255)
         overlays = [
             thumbnail(overlay(rgb[t], foreground[t], params.alpha), params.thumb_width)
             for t in range(n_frames)
@@ -206,8 +221,12 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     def body(args: argparse.Namespace) -> None:
         params = PicturesParams.from_mapping(args.params, "infer.pictures")
-        soft, merged, _ = read_masks(args.masks)  # [T, K, h, w], [T, 2, h, w]
-        write_sequence_pictures(args.out, read_rgb(args.frames), soft, merged, params)
+        soft, merged, attrs = read_masks(args.masks)  # [T, K, h, w], [T, 2, h, w]
+        frame_attrs = open_store(args.frames, "frames").attrs
+        native = (frame_attrs.get("native_height"), frame_attrs.get("native_width"))
+        write_sequence_pictures(args.out, read_rgb(args.frames), soft, merged, params,
+                                native_size=None if None in native else native,
+                                foreground_first=attrs.get("merge") in FOREGROUND_FIRST)
 
     run_stage("pictures", body, parser, argv)
 

@@ -39,6 +39,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from lrtl.camera import fit_affine
 from lrtl.cli import StageError, json_params, run_stage
 from lrtl.params import Params
 from lrtl.stores import open_store, write_baseline_masks
@@ -65,17 +66,11 @@ class TrackBaselineParams(Params):
 
 
 def camera_residuals(xy: np.ndarray, velocity: np.ndarray, valid: np.ndarray, iterations: int) -> np.ndarray:
-    """Velocities [N, 2] at positions xy [N, 2] minus the dominant affine motion, fitted on the `valid` ones
-    (refitted on the lower-median-residual half `iterations` times) -> residual velocities [N, 2]."""
+    """Velocities [N, 2] at positions xy [N, 2] minus the dominant affine motion fitted on the `valid` ones
+    (lrtl.camera.fit_affine) -> residual velocities [N, 2], zero where not valid."""
     if valid.sum() < 3:  # too few to fit a camera motion: no residual
         return np.zeros_like(velocity)
-    design = np.concatenate([np.ones((len(xy), 1)), xy], axis=1)  # [N, 3]
-    inliers = valid.copy()
-    for _ in range(max(1, iterations) + 1):
-        coef, *_ = np.linalg.lstsq(design[inliers], velocity[inliers], rcond=None)  # [3, 2]
-        residual = velocity - design @ coef
-        norm = np.linalg.norm(residual, axis=1)
-        inliers = valid & (norm <= np.median(norm[valid]))
+    residual = velocity - fit_affine(xy, velocity, valid, iterations)
     return np.where(valid[:, None], residual, 0.0)
 
 

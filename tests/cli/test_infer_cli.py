@@ -10,6 +10,7 @@ from PIL import Image
 from lrtl import stores
 from lrtl.baseline import main as baseline_main
 from lrtl.infer import main as infer_main
+from lrtl.model_inputs import read_residual_speed
 from lrtl.pictures import main as pictures_main
 from tests.conftest import config_section, tiny_model
 
@@ -210,3 +211,37 @@ def test_baseline_finds_the_moving_square_under_camera_motion(sequence):
         assert attrs["run"] == "baseline" and merged.shape == (T, 2, H, W)
         np.testing.assert_array_equal(merged[:, 0] > 0.5, masks)
         np.testing.assert_array_equal(merged[:, 1], 1 - merged[:, 0])
+
+
+def test_motion_merge_needs_the_flow_and_records_the_moving_group_first(sequence, checkpoint, capsys):
+    params = dict(INFER, merge_features="motion")
+    with pytest.raises(SystemExit):
+        run_infer(sequence, checkpoint, params, "motion-noflow")
+    assert "--flow" in capsys.readouterr().err
+    out, pictures = run_infer(sequence, checkpoint, params, "motion", flow=square_flow(sequence))
+    soft, merged, attrs = stores.read_masks(out)
+    assert attrs["merge"] == "motion"
+    groups = np.array(attrs["groups"])  # [T, K]
+    speed = read_residual_speed(square_flow(sequence), soft.shape[-2:])  # [T, h, w], px against the camera
+    assert speed[0, 13, 12] > 1.0 and speed[0, 30, 45] < 0.1  # the square (rows 8-19, cols 6-17 here) moves
+    for t in range(T):  # the merge partitions the K masks; group 0 is the faster group
+        np.testing.assert_allclose(merged[t, 0], soft[t][groups[t] == 0].sum(axis=0), atol=5e-3)
+        mean_speed = [(merged[t, g] * speed[t]).sum() / merged[t, g].sum() for g in (0, 1)]
+        assert mean_speed[0] >= mean_speed[1]
+
+
+def test_pictures_write_binary_masks_at_the_native_resolution(tmp_path):
+    from lrtl.pictures import PicturesParams, write_sequence_pictures
+
+    rgb = np.zeros((2, 24, 40, 3), np.uint8)
+    merged = np.zeros((2, 2, 12, 20), np.float32)
+    merged[:, 0, :, :] = 1.0  # mask 0 covers the whole frame, border included
+    merged[:, 0, 4:8, 8:12], merged[:, 1, 4:8, 8:12] = 0.0, 1.0  # mask 1: a small box inside
+    params = PicturesParams.from_mapping(PICTURES, "infer.pictures")
+    write_sequence_pictures(tmp_path / "a", rgb, merged, merged, params, native_size=(90, 160))
+    heuristic = np.array(Image.open(tmp_path / "a" / "00000.png"))
+    assert heuristic.shape == (90, 160)  # the video's own size, not the 24x40 store
+    assert heuristic[0, 0] == 0 and heuristic[45, 80] == 255  # border heuristic: the inner box is foreground
+    write_sequence_pictures(tmp_path / "b", rgb, merged, merged, params, foreground_first=True)
+    first = np.array(Image.open(tmp_path / "b" / "00000.png"))
+    assert first.shape == (24, 40) and first[0, 0] == 255  # the masks say mask 0 is the foreground

@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from lrtl.infer import affinity, mask_features, merge_groups, merge_masks
+from lrtl.infer import affinity, mask_features, merge_groups, merge_masks, motion_groups
 
 
 def one_hot_masks(labels: np.ndarray, k: int) -> np.ndarray:
@@ -79,3 +79,37 @@ def test_affinity_clamped_positive():
     matrix = affinity(feats)
     assert matrix.min() >= 1e-6 and matrix[0, 1] == 1e-6
     np.testing.assert_allclose(np.diag(matrix), 1.0)
+
+
+def test_motion_merge_puts_every_moving_object_against_the_split_background():
+    # background split in two masks (speeds near 0), three objects at different speeds: the slowest object is
+    # still far faster than the background on a log scale, so all objects form group 0 (the moving group).
+    speed = np.array([1.7, 0.07, 0.6, 1.1, 0.05])
+    mass = np.array([0.07, 0.4, 0.21, 0.03, 0.29]) * 1000
+    assert motion_groups(speed, mass).tolist() == [0, 1, 0, 0, 1]
+
+
+def test_motion_merge_of_synthetic_masks_matches_the_ground_truth():
+    from lrtl.camera import residual_speed
+    from lrtl.synthetic import SyntheticParams, generate_scene
+    from tests.conftest import config_section
+
+    params = config_section("synthetic", n_sequences=4, height=90, width=160, n_frames=[6, 6], n_objects=[2, 3],
+                            object_speed=[1.5, 3.0], camera_zoom=0.01, seed=5)
+    for index in range(4):
+        scene = generate_scene(SyntheticParams.from_mapping(params), index)
+        ids = scene.object_ids(1)  # [H, W]
+        labels = np.where(ids == 0, (np.arange(ids.shape[1]) >= ids.shape[1] // 2)[None, :].astype(int), ids + 1)
+        k = int(labels.max()) + 1  # 2 background halves + the objects in view
+        soft = one_hot_masks(labels, k)  # [K, H, W]
+        mass = soft.sum(axis=(1, 2))
+        speed = (soft * residual_speed(scene.flow(1, 1))).sum(axis=(1, 2)) / np.maximum(mass, 1e-12)
+        groups = motion_groups(speed, mass)
+        merged = merge_masks(soft, groups)
+        np.testing.assert_array_equal(merged[0] > 0.5, ids > 0)  # group 0 is exactly the moving objects
+
+
+def test_motion_merge_degenerate_cases():
+    assert motion_groups(np.array([0.1, 3.0]), np.array([500.0, 50.0])).tolist() == [1, 0]  # K = 2: faster first
+    assert motion_groups(np.array([0.1, 3.0, 1.0]), np.array([500.0, 0.0, 50.0])).tolist() == [1, 1, 0]
+    assert motion_groups(np.array([0.1, 3.0, 1.0]), np.array([500.0, 0.0, 0.0])).tolist() == [0, 1, 1]

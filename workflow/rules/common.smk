@@ -432,13 +432,15 @@ def infer_inputs(wildcards):
         inputs["dino_weights"] = config["infer"][
             "dino_weights"
         ]  # declared only; lrtl.infer reads it from params
-    if "flow" in (model_section(wildcards)["backbone"]["inputs"] or []):
+    takes_flow = "flow" in (model_section(wildcards)["backbone"]["inputs"] or [])
+    if takes_flow or config["infer"]["merge_features"] == "motion":
         inputs["flow"] = f"results/{wildcards.dataset}/flow/{wildcards.sequence}.zarr"
     return inputs
 
 
 def infer_flow_flag(wildcards, input):
-    """`--flow <store>` for a model that takes optical flow as input (train.*.model.backbone.inputs), else ""."""
+    """`--flow <store>` for a model that takes optical flow as input (train.*.model.backbone.inputs) and for the
+    motion merge (infer.merge_features: motion), else ""."""
     return f"--flow {shlex.quote(input.flow)}" if "flow" in input.keys() else ""
 
 

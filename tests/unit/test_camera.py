@@ -1,0 +1,61 @@
+"""The dominant-motion fit of lrtl.camera against exact synthetic flow (camera = layer 0 of the generator)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lrtl.camera import camera_flow, fit_affine, residual_speed
+from lrtl.synthetic import SyntheticParams, generate_scene
+from tests.conftest import config_section
+
+PARAMS = config_section(
+    "synthetic", n_sequences=3, height=90, width=160, n_frames=[6, 6], n_objects=[1, 2],
+    object_area=[0.05, 0.12], object_speed=[2.0, 3.0], camera_speed=2.0, camera_zoom=0.01, seed=3,
+)
+
+
+@pytest.fixture(scope="module", params=[0, 1, 2])
+def scene(request):
+    return generate_scene(SyntheticParams.from_mapping(PARAMS), request.param)
+
+
+@pytest.mark.parametrize("model", ["affine", "lmeds"])
+def test_affine_fit_recovers_the_camera_flow_of_the_background(scene, model):
+    flow, ids = scene.flow(2, 1), scene.object_ids(2)  # exact flow; the camera moves layer 0 by a similarity
+    camera = camera_flow(flow, model, 2)
+    background = ids == 0
+    assert np.abs(camera - flow)[background].max() < 1e-3  # a similarity is affine: exact on the background
+    speed = residual_speed(flow, model)
+    for obj in range(1, scene.n_objects + 1):
+        if (ids == obj).any():
+            assert np.median(speed[ids == obj]) > 0.5  # objects move >= 2 px/frame against the camera
+
+
+def test_fit_ignores_the_minority_that_moves_otherwise():
+    rng = np.random.default_rng(0)
+    xy = rng.random((400, 2))
+    coef = np.array([[0.5, -1.0], [0.2, 0.1], [-0.3, 0.4]])  # [3, 2]: offset, x and y terms
+    velocity = np.concatenate([np.ones((400, 1)), xy], axis=1) @ coef
+    outliers = rng.random(400) < 0.3
+    velocity[outliers] += rng.normal(0, 5, size=(outliers.sum(), 2))
+    fitted = fit_affine(xy, velocity, np.ones(400, bool), iterations=2)
+    np.testing.assert_allclose(fitted[~outliers], velocity[~outliers], atol=1e-6)
+
+
+def test_median_camera_is_the_median_vector():
+    flow = np.zeros((4, 5, 2), np.float32)
+    flow[..., 0] = 2.0
+    flow[0, 0] = [9.0, 9.0]
+    np.testing.assert_allclose(camera_flow(flow, "median", 0), np.broadcast_to([2.0, 0.0], flow.shape))
+    with pytest.raises(ValueError, match="camera model"):
+        camera_flow(flow, "homography", 2)
+
+
+def test_lmeds_holds_where_the_median_refit_settles_on_a_wrong_inlier_set():
+    # seed 5, sequence 1: objects cover 31% of frame 1 and the median refit leaves 0.4 px on the background
+    params = {**PARAMS, "n_sequences": 2, "n_objects": [2, 3], "object_area": [0.05, 0.2], "seed": 5}
+    scene = generate_scene(SyntheticParams.from_mapping(params), 1)
+    flow, background = scene.flow(1, 1), scene.object_ids(1) == 0
+    assert np.abs(camera_flow(flow, "affine", 2) - flow)[background].mean() > 0.1
+    assert np.abs(camera_flow(flow, "lmeds") - flow)[background].max() < 1e-3
