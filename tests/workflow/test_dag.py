@@ -324,7 +324,9 @@ def test_my_videos_template_builds_masks_without_evaluation(workdir: Path) -> No
     clip.mkdir(parents=True)
     for t in range(12):
         Image.fromarray(np.full((24, 32, 3), 10 * t, np.uint8)).save(clip / f"{t:05d}.jpg")
-    proc = snakemake(workdir, "-n", "all_masks", "--configfile", str(REPO / "workflow/overlays/my-videos.yaml"))
+    proc = snakemake(workdir, "-n", "--configfile", str(REPO / "workflow/overlays/my-videos.yaml"))
     counts = job_counts(proc.stdout)
     assert counts["infer_masks"] == counts["baseline_masks"] == counts["track_baseline_masks"] == 1
-    assert "evaluate_sequence" not in counts and "make_tables" not in counts
+    assert counts["draw_pictures"] == 3  # the learned run and both baselines
+    assert "evaluate_sequence" not in counts and "make_tables" not in counts  # evaluate: null
+    assert "--flow" in proc.stdout.split("rule infer_masks:")[1].split("rule ")[0]  # the motion merge reads it

@@ -624,10 +624,18 @@ def all_pictures(wildcards=None):
     ]
 
 
+def evaluated_datasets():
+    """The target datasets scored against ground truth: those whose datasets.<d>.evaluate is not null (a folder
+    of one's own videos has no ground truth: masks and pictures only, no metrics or tables)."""
+    return [
+        d for d in config["targets"]["datasets"] if config["datasets"][d]["evaluate"] is not None
+    ]
+
+
 def all_metrics(wildcards=None):
     return [
         f"results/{d}/metrics/{r}/{s}.tsv"
-        for d in config["targets"]["datasets"]
+        for d in evaluated_datasets()
         for r in evaluated_runs(d)
         for s in sequences_of(d, "eval_splits")
     ]
@@ -680,8 +688,8 @@ def check_tables_dir():
         return
     with open(record) as handle:
         previous = json.load(handle).get("datasets", [])
-    wanted = config["targets"]["datasets"]
-    if sorted(previous) != sorted(wanted):
+    wanted = evaluated_datasets()
+    if wanted and sorted(previous) != sorted(wanted):
         raise ValueError(
             f"{TABLES_DIR} holds the tables of datasets {', '.join(previous)} ({record}); this run's datasets "
             f"are {', '.join(wanted)}. Give this run its own tables folder with targets.name (e.g. --config "
@@ -706,7 +714,7 @@ def per_dataset_table_files(folder=TABLES_DIR, datasets=None):
     """Per dataset (default: the target datasets): the per-sequence and official-measures tables and the
     per-sequence bar chart."""
     files = []
-    for d in config["targets"]["datasets"] if datasets is None else datasets:
+    for d in evaluated_datasets() if datasets is None else datasets:
         files += table_files(f"per-sequence-{d}", folder) + table_files(
             f"measures-{d}", folder
         )
@@ -724,6 +732,9 @@ def ablation_files():
 
 
 def all_tables(wildcards=None):
+    """The tables of the evaluated target datasets; none when no target dataset has ground truth."""
+    if not evaluated_datasets():
+        return []
     return [
         f"{TABLES_DIR}/summary.md",
         *table_files("table1"),

@@ -15,7 +15,7 @@ rule make_tables:
     log:
         TABLES_DIR.replace("results/", "logs/", 1) + ".log",
     params:
-        tables=tables_params(config["targets"]["datasets"], ablations=True),
+        tables=tables_params(evaluated_datasets(), ablations=True),
     shell:
         """
         python -m lrtl.tables \
