@@ -34,7 +34,8 @@ import torch
 from lrtl.data import TrainItems, flatten_batch, load_sequence
 from lrtl.model import build_model
 from lrtl.model_inputs import input_kinds, model_input
-from lrtl.train import REFERENCE_GRAD_CLIP, compute_losses, lr_factor, param_groups, parse_params
+from lrtl.train import REFERENCE_GRAD_CLIP, compute_losses, lr_factor, param_groups
+from lrtl.train_params import parse_params
 
 
 class Clock:

@@ -37,32 +37,15 @@ from lrtl import stores
 from lrtl.cli import StageError
 from lrtl.imageops import resize_flow, resize_rgb
 from lrtl.model_inputs import read_input_flow
-from lrtl.params import Params
 from lrtl.runtime import limit_threads
 from lrtl.track_store import SequenceTracks, open_sequence_tracks
+from lrtl.train_params import DataParams
 
 log = logging.getLogger(__name__)
 
 COORD_LIMIT = 1e6  # ±inf -> ±1e6 (METHOD.md §4 step 5)
 LOC_LIMIT = 3.0  # normalised loc clamp (§4 step 4)
 FAR_FACTOR = 20.0  # x clamped to ±20 W, y to ±20 H (§4 step 5)
-
-
-@dataclasses.dataclass(frozen=True)
-class DataParams(Params):
-    gaps: tuple[int, ...]  # flow gaps g of the items (paper DAVIS/STv2 (1, 2), FBMS (3, 6))
-    pair_offset: int  # o: frames between the pairs of an item (paper 5)
-    n_tracks: int  # N tracks per frame (paper 70000)
-    context: int  # C context frames per track (paper 41)
-    smooth: int  # moving-average window over time, frames (paper 11)
-    min_visibility: float  # keep tracks with mean visibility > this (paper 0.1)
-    flow_size: tuple[int, ...]  # [h, w] of the flow loss (paper 480x854); [] = the flow store's
-    preload_flow: bool  # keep all flow fields in memory (small datasets) or read them per item (DAVIS)
-    flow_clamp: float  # |flow| clamp, pixels at flow_size (paper 20 at 480x854)
-    flip: float  # probability of the shared horizontal flip (paper 0.5)
-    workers: int  # DataLoader worker processes (0 = load in the training process)
-    cache_queries: int  # query frames of tracks kept in memory per process (LRU)
-    sampling: str  # frame_uniform (the reference: every (sequence, gap, frame) item equally) | sequence_uniform
 
 
 SAMPLINGS = ("frame_uniform", "sequence_uniform")

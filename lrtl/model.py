@@ -20,6 +20,7 @@ Two decoders share the FPN idea (METHOD.md §6):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +32,7 @@ from torch import nn
 
 from lrtl.backbones import DINO_ARCHES, ConvNormAct, build_backbone
 from lrtl.cli import StageError
+from lrtl.train_params import ModelParams
 
 CHECKPOINT_FORMAT = "lrtl-checkpoint-1"
 
@@ -404,17 +406,7 @@ class SegmentationModel(nn.Module):
         }
 
 
-MODEL_KEYS = (
-    "backbone",
-    "k",
-    "input_size",
-    "hidden",
-    "heads",
-    "decoder_layers",
-    "ffn",
-    "dropout",
-    "mask_stride",
-)
+MODEL_KEYS = tuple(field.name for field in dataclasses.fields(ModelParams))  # the train params' `model` keys
 
 
 def build_model(cfg: dict[str, Any]) -> SegmentationModel:

@@ -36,100 +36,22 @@ from tqdm import tqdm
 
 from lrtl import __version__, losses
 from lrtl.cli import StageError, add_settings_argument, json_params, run_stage
-from lrtl.data import DataParams, TrainItems, flatten_batch, load_sequence, make_loader
+from lrtl.data import TrainItems, flatten_batch, load_sequence, make_loader
 from lrtl.imageops import resize_rgb, upsample
 from lrtl.infer import Predictor
 from lrtl.metrics import best_of_two
 from lrtl.model import CHECKPOINT_FORMAT, build_model
 from lrtl.model_inputs import input_kinds, model_input
-from lrtl.params import Params
 from lrtl.runtime import input_identity, limit_threads, resolve_device
 from lrtl.settings import merge_settings, result_params
 from lrtl.stores import atomic_path, open_store, read_ground_truth, write_text
+from lrtl.train_params import TrainParams, ValidateParams, parse_params
 
 log = logging.getLogger(__name__)
 
 REFERENCE_HORIZON = 160_000  # the reference's nominal schedule length (METHOD.md §8, §11 item 3)
 REFERENCE_GRAD_CLIP = 0.01  # the reference's inherited clip (METHOD.md §11 item 2)
 SELECTED_ON_GT = "selected on ground-truth labels: a diagnostic, never a result (METHOD.md §8)"
-
-
-@dataclasses.dataclass(frozen=True)
-class BackboneParams(Params):
-    name: str  # small | dino_vitb8
-    channels: tuple[int, ...]  # small: widths of the stride-2 stages
-    inputs: tuple[str, ...] | None  # small: rgb and/or flow (lrtl.model_inputs); null = rgb (dino_vitb8)
-    weights: str | None  # dino_vitb8: local DINO weights file (null = random, tests only)
-    layers: tuple[int, ...]  # dino_vitb8: blocks whose 'key' features feed the decoder (paper 5, 7, 9, 11)
-    patch_stride: int  # dino_vitb8: patch-embedding stride (paper 4)
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelParams(Params):
-    backbone: BackboneParams
-    k: int  # K masks (paper 4)
-    input_size: tuple[int, ...]  # [h, w] model input (paper 192x352)
-    hidden: int  # decoder width (paper 256)
-    heads: int  # attention heads (paper 8)
-    decoder_layers: int  # transformer decoder layers (paper 6)
-    ffn: int  # transformer feed-forward width (paper 2048)
-    dropout: float  # transformer dropout (paper 0.1)
-    mask_stride: int  # input pixels per mask-feature cell (paper ~1)
-
-
-@dataclasses.dataclass(frozen=True)
-class LossParams(Params):
-    w_flow: float  # weight of L_flow (paper 0.03)
-    w_traj: float  # weight of L_traj (paper 5e-5)
-    w_temp: float  # weight of L_temp before the ramp (paper 0.1)
-    rank: int  # r (paper 5)
-    route: str  # gram | qr: small-factor route of L_traj (METHOD.md §12.1)
-    weight_clamp: float  # mask weights clamped to [c, 1 - c] (paper 1e-6)
-
-
-@dataclasses.dataclass(frozen=True)
-class OptimParams(Params):
-    lr: float  # AdamW base learning rate (paper 1.5e-4)
-    weight_decay: float  # (paper 0.01; 0 for norms and query embeddings)
-    warmup: float  # linear warm-up length, fraction of iterations (paper 1500 / 20000 = 0.075)
-    poly_power: float  # poly decay exponent (paper 0.9)
-    grad_clip: float  # full-model gradient-norm clip (paper 0.01, lrtl 1.0; compat: reference forces 0.01)
-
-
-@dataclasses.dataclass(frozen=True)
-class ValidateParams(Params):
-    every: int  # steps between validations on the annotated frames of the training sequences; 0 = never
-    frames: int  # annotated frames scored, spread evenly over the training sequences with ground truth
-    threshold: float  # merged soft-mask threshold at ground-truth resolution (paper 0.5, strict >)
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainParams(Params):
-    model: ModelParams
-    data: DataParams
-    loss: LossParams
-    optim: OptimParams
-    iterations: int  # optimisation steps (paper 20000)
-    batch_items: int  # 4-frame items per step (paper 2 = 8 frames)
-    seed: int
-    deterministic: bool  # torch deterministic algorithms
-    device: str  # auto | cpu | cuda
-    compat: str  # fixed | reference (METHOD.md §11)
-    log_every: int  # steps between metrics.jsonl lines
-    checkpoint_every: int  # steps between resume checkpoints (state-dir/last.pt)
-    validate: ValidateParams  # periodic validation where ground truth exists (reference: every 250 steps)
-
-
-def parse_params(mapping: dict[str, Any]) -> TrainParams:
-    try:
-        params = TrainParams.from_mapping(mapping, "train")
-    except (ValueError, TypeError) as err:
-        raise StageError(f"--params: {err}") from err
-    if params.compat not in ("fixed", "reference"):
-        raise StageError(f"train.compat must be fixed or reference, got {params.compat!r}")
-    if params.loss.route not in ("gram", "qr"):
-        raise StageError(f"train.loss.route must be gram or qr, got {params.loss.route!r}")
-    return params
 
 
 # --------------------------------------------------------------------------- schedules

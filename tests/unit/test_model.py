@@ -148,7 +148,7 @@ def test_load_checkpoint_round_trip(tmp_path):
 
 
 def _tiny_params():
-    from lrtl.train import parse_params
+    from lrtl.train_params import parse_params
 
     return parse_params(
         config_section(
