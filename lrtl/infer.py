@@ -40,7 +40,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from lrtl.backbones import DinoViT
+from lrtl.checkpoint import load_checkpoint
 from lrtl.cli import StageError, add_settings_argument, json_params, run_stage
+from lrtl.imageops import resize_rgb
+from lrtl.model_inputs import input_kinds, model_input, normalize_images, read_input_flow
 from lrtl.params import Params
 from lrtl.runtime import resolve_device
 from lrtl.settings import merge_settings
@@ -125,7 +129,6 @@ class DinoMergeFeatures(torch.nn.Module):
 
     def __init__(self, weights: str | None, stride: int, input_size: Sequence[int]):
         super().__init__()
-        from lrtl.backbones import DinoViT
 
         if weights is not None and not Path(weights).is_file():
             raise StageError(
@@ -168,8 +171,6 @@ class Predictor:
         """rgb uint8 [T, H, W, 3] (and, for a model that takes flow, its encoded flow float32 [T, 2, h, w] at the
         input size, lrtl.model_inputs.read_input_flow) -> soft float32 [T, K, h, w], merged float32
         [T, 2, h, w], groups int [T, K]."""
-        from lrtl.imageops import resize_rgb
-        from lrtl.model_inputs import model_input, normalize_images
 
         if "flow" in self.inputs and (flow is None or len(flow) != len(rgb)):
             raise StageError(f"the model takes optical flow as input: give the flow of all {len(rgb)} frames")
@@ -201,8 +202,6 @@ class Predictor:
 
 def build_predictor(model_path: str | Path, params: InferParams) -> tuple[Predictor, dict[str, Any]]:
     """Load a checkpoint and, for dino_vits8, the merge ViT -> (predictor, model cfg)."""
-    from lrtl.model import load_checkpoint
-    from lrtl.model_inputs import input_kinds
 
     device = resolve_device(params.device, "infer.device")
     model, cfg = load_checkpoint(model_path, device)
@@ -237,7 +236,6 @@ def run_infer(
     predictor, cfg = build_predictor(model, params)
     flow_input = None
     if "flow" in predictor.inputs:
-        from lrtl.model_inputs import read_input_flow
 
         if flow is None:
             raise StageError(

@@ -23,7 +23,6 @@ import logging
 import os
 import resource
 import shutil
-import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,13 +33,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from lrtl import __version__, losses
+from lrtl import losses
+from lrtl.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 from lrtl.cli import StageError, add_settings_argument, json_params, run_stage
 from lrtl.data import TrainItems, flatten_batch, load_sequence, make_loader
 from lrtl.imageops import resize_rgb, upsample
 from lrtl.infer import Predictor
 from lrtl.metrics import best_of_two
-from lrtl.model import CHECKPOINT_FORMAT, build_model
+from lrtl.model import build_model
 from lrtl.model_inputs import input_kinds, model_input
 from lrtl.runtime import input_identity, limit_threads, resolve_device
 from lrtl.settings import merge_settings, result_params
@@ -89,51 +89,11 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def git_sha() -> str | None:
-    try:
-        result = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return result.stdout.strip() or None
-
-
 def memory_mb(device: torch.device) -> dict[str, float]:
     usage = {"max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
     if device.type == "cuda":
         usage["cuda_max_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     return usage
-
-
-def save_checkpoint(
-    path: Path, model, params: TrainParams, step: int, optimizer=None, **extra: Any
-) -> None:
-    """Self-describing checkpoint (STYLE.md §12): model args, params, step, versions (+ optimiser, RNG, extra)."""
-    checkpoint = {
-        "format": CHECKPOINT_FORMAT,
-        "model": model.trainable_state_dict(),
-        "model_cfg": params.model.to_dict(),
-        "params": params.to_dict(),
-        "step": step,
-        "lrtl_version": __version__,
-        "torch_version": torch.__version__,
-        "git_sha": git_sha(),
-        "backbone_sha256": getattr(model.backbone, "weights_sha256", None),
-    }
-    if optimizer is not None:
-        checkpoint["optimizer"] = optimizer.state_dict()
-        checkpoint["torch_rng"] = torch.get_rng_state()
-        if torch.cuda.is_available():
-            checkpoint["cuda_rng"] = torch.cuda.get_rng_state_all()
-    checkpoint.update(extra)
-    with atomic_path(path) as tmp:
-        torch.save(checkpoint, tmp)
 
 
 def resume_signature(params: TrainParams, inputs: Sequence[str | os.PathLike]) -> dict[str, Any]:
