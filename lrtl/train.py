@@ -17,7 +17,6 @@ track-sampling quirks (METHOD.md §11).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -37,21 +36,19 @@ from lrtl import losses
 from lrtl.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 from lrtl.cli import StageError, add_settings_argument, json_params, run_stage
 from lrtl.data import TrainItems, flatten_batch, load_sequence, make_loader
-from lrtl.imageops import resize_rgb, upsample
-from lrtl.infer import Predictor
-from lrtl.metrics import best_of_two
 from lrtl.model import build_model
 from lrtl.model_inputs import input_kinds, model_input
+from lrtl.pictures import write_curve
 from lrtl.runtime import input_identity, limit_threads, resolve_device
 from lrtl.settings import merge_settings, result_params
-from lrtl.stores import atomic_path, open_store, read_ground_truth, write_text
-from lrtl.train_params import TrainParams, ValidateParams, parse_params
+from lrtl.stores import atomic_path, write_text
+from lrtl.train_params import TrainParams, parse_params
+from lrtl.validation import SELECTED_ON_GT, load_validation, validate
 
 log = logging.getLogger(__name__)
 
 REFERENCE_HORIZON = 160_000  # the reference's nominal schedule length (METHOD.md §8, §11 item 3)
 REFERENCE_GRAD_CLIP = 0.01  # the reference's inherited clip (METHOD.md §11 item 2)
-SELECTED_ON_GT = "selected on ground-truth labels: a diagnostic, never a result (METHOD.md §8)"
 
 
 # --------------------------------------------------------------------------- schedules
@@ -118,49 +115,13 @@ def signature_difference(recorded: dict[str, Any] | None, signature: dict[str, A
 
 
 def read_metrics(path: Path, up_to_step: int | None = None) -> list[dict[str, Any]]:
+    """The rows of a metrics log, as written. Read line by line, not with pd.read_json(lines=True): the rows are
+    written back verbatim (resume, final copy), and a frame would add NaN for the keys a row lacks (loss rows vs
+    validation rows), turn ints into floats and parse floats imprecisely."""
     if not path.is_file():
         return []
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return [row for row in rows if up_to_step is None or row["step"] <= up_to_step]
-
-
-def write_curve(rows: list[dict[str, Any]], out: Path, title: str) -> None:
-    """Loss terms (log scale) and learning rate against step, plus validation J when there is any, PNG
-    (Agg canvas; no pyplot global state)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    loss_rows = [row for row in rows if "loss" in row]
-    val_rows = [row for row in rows if "val_j" in row]
-    figure = Figure(figsize=(8, 7 if val_rows else 4.5), dpi=100)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot(2 if val_rows else 1, 1, 1)
-    steps = [row["step"] for row in loss_rows]
-    for name in ("loss", "loss_flow", "loss_traj", "loss_temp"):
-        values = [row.get(name) for row in loss_rows]
-        if any(v is not None and v > 0 for v in values):
-            axes.plot(steps, [v if v is not None and v > 0 else np.nan for v in values], label=name)
-    axes.set_yscale("log")
-    axes.set_xlabel("step")
-    axes.set_ylabel("weighted loss")
-    axes.set_title(title)
-    if loss_rows:
-        lr_axes = axes.twinx()
-        lr_axes.plot(steps, [row["lr"] for row in loss_rows], color="grey", linestyle=":", label="lr")
-        lr_axes.set_ylabel("learning rate")
-    axes.legend(loc="upper right")
-    if val_rows:
-        val_axes = figure.add_subplot(2, 1, 2, sharex=axes)
-        val_axes.plot([r["step"] for r in val_rows], [100 * r["val_j"] for r in val_rows], marker="o")
-        best = max(val_rows, key=lambda r: r["val_j"])
-        val_axes.annotate(f"best {100 * best['val_j']:.1f} (step {best['step']}, selected on GT)",
-                          (best["step"], 100 * best["val_j"]), textcoords="offset points", xytext=(0, -14),
-                          ha="center", fontsize=8)
-        val_axes.set_xlabel("step")
-        val_axes.set_ylabel("validation J x100")
-    figure.tight_layout()
-    with atomic_path(out) as tmp:
-        figure.savefig(tmp, format="png")
 
 
 def metrics_row(step: int, lr: float, grad_norm: float, window: dict[str, Any], device) -> dict[str, Any]:
@@ -178,55 +139,6 @@ def log_row(row: dict[str, Any], iterations: int) -> None:
                       if name.startswith("loss_") and not name.startswith("loss_raw"))
     log.info("step %d/%d loss %.4g (%s) lr %.3g, %.2f it/s, data wait %.0f%%", row["step"], iterations,
              row["loss"], terms, row["lr"], row["it_per_s"], 100 * row["data_wait"])
-
-
-@dataclasses.dataclass(frozen=True)
-class ValidationFrames:
-    """Annotated frames of the training sequences with their ground truth (periodic validation)."""
-
-    rgb: np.ndarray  # uint8 [V, h, w, 3], already at the model input size
-    gt: list[np.ndarray]  # V bool masks [Hg, Wg] at their native resolution
-    flow: np.ndarray | None = None  # float32 [V, 2, h, w] network flow input (lrtl.model_inputs), or None
-
-
-def load_validation(
-    frames: Sequence[str | os.PathLike],
-    params: ValidateParams,
-    input_size: Sequence[int],
-    input_flow: dict[str, np.ndarray] | None = None,
-) -> ValidationFrames | None:
-    """Up to `params.frames` annotated frames spread evenly over the stores; None without ground truth.
-
-    input_flow: frames store -> its network flow input [T, 2, h, w], for a model that takes flow."""
-    if params.every <= 0 or params.frames <= 0:
-        return None
-    annotated = []  # (store, row in gt, frame index)
-    for path in frames:
-        _, gt_index = read_ground_truth(path)
-        annotated += [(str(path), row, int(frame)) for row, frame in enumerate(gt_index.tolist())]
-    if not annotated:
-        return None
-    picks = np.unique(np.linspace(0, len(annotated) - 1, min(params.frames, len(annotated))).round().astype(int))
-    chosen = [annotated[i] for i in picks]
-    groups = {store: open_store(store, "frames") for store, _, _ in chosen}
-    rgb = [resize_rgb(groups[store]["rgb"][frame][None], input_size)[0] for store, _, frame in chosen]
-    gt = [groups[store]["gt"][row].astype(bool) for store, row, _ in chosen]
-    flow = None if input_flow is None else np.stack([input_flow[store][frame] for store, _, frame in chosen])
-    return ValidationFrames(np.stack(rgb), gt, flow)
-
-
-def validate(model, frames: ValidationFrames, input_size, device, threshold: float) -> float:
-    """Mean best-of-2 J over the validation frames, by the evaluation protocol (METHOD.md §9 steps 1-3).
-
-    The K masks are merged to 2 without labels (the model's decoder features); leaves the model in train mode.
-    """
-    try:
-        predictor = Predictor(model, input_size, device, batch_size=8, inputs=input_kinds(model.cfg))
-        merged = predictor.predict(frames.rgb, frames.flow)["merged"]  # [V, 2, h, w]
-    finally:
-        model.train()
-    scores = [best_of_two(upsample(m, *gt.shape) > threshold, gt)[0] for m, gt in zip(merged, frames.gt, strict=True)]
-    return float(np.mean(scores))
 
 
 def compute_losses(
