@@ -17,6 +17,7 @@ track-sampling quirks (METHOD.md §11).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -254,6 +255,8 @@ def run_train(
         if not stale:
             model.load_state_dict(state["model"], strict=False)
             optimizer.load_state_dict(state["optimizer"])
+            for group in optimizer.param_groups:  # the base lr, absent from states saved before the LambdaLR
+                group.setdefault("initial_lr", params.optim.lr)
             torch.set_rng_state(state["torch_rng"])
             if "cuda_rng" in state and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -267,6 +270,12 @@ def run_train(
     # the live log keeps the lines up to the resumed step (a killed run may have logged beyond its checkpoint)
     rows = read_metrics(live_metrics, up_to_step=step) if step else []
     write_text(live_metrics, "".join(json.dumps(row) + "\n" for row in rows))
+
+    # lr = optim.lr * lr_factor(step): warm-up and poly decay relative to this run's own length, continued from the
+    # resumed step (LambdaLR scales each group's "initial_lr", which a resumed optimiser state carries)
+    schedule = functools.partial(lr_factor, iterations=params.iterations, warmup=params.optim.warmup,
+                                 power=params.optim.poly_power, reference=reference)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule, last_epoch=step - 1)
 
     loader = make_loader(
         items,
@@ -282,12 +291,7 @@ def run_train(
     tic = time.perf_counter()
     with live_metrics.open("a") as metrics_log:
         for batch in loader:
-            # lr schedule relative to this run's own length
-            lr = params.optim.lr * lr_factor(
-                step, params.iterations, params.optim.warmup, params.optim.poly_power, reference
-            )
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            lr = scheduler.get_last_lr()[0]  # this step's lr, the same in every parameter group
             batch = {
                 name: value.to(device, non_blocking=True) for name, value in flatten_batch(batch).items()
             }
@@ -299,6 +303,7 @@ def run_train(
             terms["total"].backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             optimizer.step()
+            scheduler.step()
             step += 1
 
             toc = time.perf_counter()
