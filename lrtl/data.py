@@ -23,9 +23,9 @@ Frames and flow of every sequence are preloaded (resized) once; tracks are read 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -362,8 +362,21 @@ class TrainItems(torch.utils.data.Dataset):
         self.track_size = sizes.pop()  # (H, W) of track pixel coordinates
         self._readers: dict[int, Any] = {}
         self._flow_groups: dict[int, Any] = {}  # open flow stores (preload_flow false)
-        self._cache: OrderedDict[tuple[int, int], tuple[np.ndarray, np.ndarray, int]] = OrderedDict()
         self._pid = None
+        self._query = self._query_cache()
+
+    def _query_cache(self):
+        """The tracks of a query frame, (seq, q) -> (tracks, vis, window_start), kept for the last `cache_queries`
+        query frames (LRU). Made per instance, so that its size is this dataset's setting."""
+        return functools.lru_cache(maxsize=self.params.cache_queries)(self._read_query)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # the cache wraps a bound method and does not pickle: a DataLoader worker gets a fresh one
+        return {name: value for name, value in self.__dict__.items() if name != "_query"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._query = self._query_cache()
 
     def __len__(self) -> int:
         return 2**62
@@ -371,28 +384,20 @@ class TrainItems(torch.utils.data.Dataset):
     def _own_process(self) -> None:
         """A fresh process (DataLoader worker) opens its own readers and stores and keeps its own cache."""
         if self._pid != os.getpid():
-            self._readers, self._flow_groups, self._cache, self._pid = {}, {}, OrderedDict(), os.getpid()
+            self._readers, self._flow_groups, self._pid = {}, {}, os.getpid()
+            self._query.cache_clear()
 
-    def _query(self, seq: int, q: int) -> tuple[np.ndarray, np.ndarray, int]:
-        self._own_process()
-        key = (seq, q)
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
+    def _read_query(self, seq: int, q: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """Tracks float32 [T_w, n, 2], vis bool [T_w, n] and window start of query frame q (through self._query)."""
         if seq not in self._readers:
             self._readers[seq] = open_tracks(self.sequences[seq].tracks_index)
-        value = self._readers[seq].query(q)
-        self._cache[key] = value
-        while len(self._cache) > self.params.cache_queries:
-            self._cache.popitem(last=False)
-        return value
+        return self._readers[seq].query(q)
 
     def _flow(self, seq: int, gap: int, frame: int) -> np.ndarray:
         """Flow frame -> frame + gap at the loss size, float32 [2, hf, wf]."""
         sequence = self.sequences[seq]
         if sequence.flow is not None:
             return sequence.flow[gap][frame]
-        self._own_process()
         if seq not in self._flow_groups:
             self._flow_groups[seq] = stores.open_flow(sequence.flow_path)
         return loss_flow(stores.read_flow(self._flow_groups[seq], gap, frame)[None], self.params)[0]
@@ -407,6 +412,7 @@ class TrainItems(torch.utils.data.Dataset):
         return rng, seq, gap, frames, flip
 
     def __getitem__(self, key: int) -> dict[str, Any]:
+        self._own_process()
         rng, seq, gap, frames, flip = self.item_plan(int(key))
         sequence = self.sequences[seq]
         params = self.params
