@@ -8,6 +8,9 @@ The lists are aligned by position. Resume state (last.pt and the live metrics lo
 outside the declared outputs, so a killed job continues where it stopped (STYLE.md §12). The final model.pt,
 the metrics.jsonl copy and the loss-curve PNG are written atomically at the end.
 
+This module is the loop and its CLI; the parameters live in lrtl.train_params, checkpoints in lrtl.checkpoint,
+the periodic validation in lrtl.validation and the curve in lrtl.pictures.write_curve.
+
 Loss: w_flow L_flow + w_traj L_traj + w_temp a(it) L_temp (METHOD.md §7); a term whose weight is 0 is not
 computed (ablations flow_only / tracks_only). `compat: reference` restores the reference's schedules (160k
 horizon), gradient clip 0.01, temporal-loss centre index, half-pixel sampling, flip without negating u and the
