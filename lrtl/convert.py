@@ -4,7 +4,7 @@
 
 `--model` is the paper run's `model` section (config.paper.yaml); the DINO weights are not in a reference
 checkpoint (the reference keeps its ViT outside the module tree) and come from `model.backbone.weights`, as in
-training. `lrtl.model.load_checkpoint(out)` then loads the result strictly into the paper model (METHOD.md §6,
+training. `lrtl.checkpoint.load_checkpoint(out)` then loads the result strictly into the paper model (METHOD.md §6,
 §11 item 8). The conversion:
 
 - renames every decoder tensor (`sem_seg_head.pixel_decoder.*`, `sem_seg_head.predictor.*`) to lrtl's name;
@@ -33,8 +33,9 @@ from typing import Any
 import torch
 
 from lrtl import __version__
+from lrtl.checkpoint import CHECKPOINT_FORMAT
 from lrtl.cli import StageError, json_params, run_stage
-from lrtl.model import CHECKPOINT_FORMAT, SegmentationModel, build_model
+from lrtl.model import SegmentationModel, build_model
 from lrtl.model_inputs import IMAGENET_MEAN, IMAGENET_STD
 from lrtl.runtime import file_sha256
 from lrtl.stores import atomic_path

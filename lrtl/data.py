@@ -23,9 +23,9 @@ Frames and flow of every sequence are preloaded (resized) once; tracks are read 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -37,32 +37,15 @@ from lrtl import stores
 from lrtl.cli import StageError
 from lrtl.imageops import resize_flow, resize_rgb
 from lrtl.model_inputs import read_input_flow
-from lrtl.params import Params
 from lrtl.runtime import limit_threads
 from lrtl.track_store import SequenceTracks, open_sequence_tracks
+from lrtl.train_params import DataParams
 
 log = logging.getLogger(__name__)
 
 COORD_LIMIT = 1e6  # ±inf -> ±1e6 (METHOD.md §4 step 5)
 LOC_LIMIT = 3.0  # normalised loc clamp (§4 step 4)
 FAR_FACTOR = 20.0  # x clamped to ±20 W, y to ±20 H (§4 step 5)
-
-
-@dataclasses.dataclass(frozen=True)
-class DataParams(Params):
-    gaps: tuple[int, ...]  # flow gaps g of the items (paper DAVIS/STv2 (1, 2), FBMS (3, 6))
-    pair_offset: int  # o: frames between the pairs of an item (paper 5)
-    n_tracks: int  # N tracks per frame (paper 70000)
-    context: int  # C context frames per track (paper 41)
-    smooth: int  # moving-average window over time, frames (paper 11)
-    min_visibility: float  # keep tracks with mean visibility > this (paper 0.1)
-    flow_size: tuple[int, ...]  # [h, w] of the flow loss (paper 480x854); [] = the flow store's
-    preload_flow: bool  # keep all flow fields in memory (small datasets) or read them per item (DAVIS)
-    flow_clamp: float  # |flow| clamp, pixels at flow_size (paper 20 at 480x854)
-    flip: float  # probability of the shared horizontal flip (paper 0.5)
-    workers: int  # DataLoader worker processes (0 = load in the training process)
-    cache_queries: int  # query frames of tracks kept in memory per process (LRU)
-    sampling: str  # frame_uniform (the reference: every (sequence, gap, frame) item equally) | sequence_uniform
 
 
 SAMPLINGS = ("frame_uniform", "sequence_uniform")
@@ -379,8 +362,21 @@ class TrainItems(torch.utils.data.Dataset):
         self.track_size = sizes.pop()  # (H, W) of track pixel coordinates
         self._readers: dict[int, Any] = {}
         self._flow_groups: dict[int, Any] = {}  # open flow stores (preload_flow false)
-        self._cache: OrderedDict[tuple[int, int], tuple[np.ndarray, np.ndarray, int]] = OrderedDict()
         self._pid = None
+        self._query = self._query_cache()
+
+    def _query_cache(self):
+        """The tracks of a query frame, (seq, q) -> (tracks, vis, window_start), kept for the last `cache_queries`
+        query frames (LRU). Made per instance, so that its size is this dataset's setting."""
+        return functools.lru_cache(maxsize=self.params.cache_queries)(self._read_query)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # the cache wraps a bound method and does not pickle: a DataLoader worker gets a fresh one
+        return {name: value for name, value in self.__dict__.items() if name != "_query"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._query = self._query_cache()
 
     def __len__(self) -> int:
         return 2**62
@@ -388,28 +384,20 @@ class TrainItems(torch.utils.data.Dataset):
     def _own_process(self) -> None:
         """A fresh process (DataLoader worker) opens its own readers and stores and keeps its own cache."""
         if self._pid != os.getpid():
-            self._readers, self._flow_groups, self._cache, self._pid = {}, {}, OrderedDict(), os.getpid()
+            self._readers, self._flow_groups, self._pid = {}, {}, os.getpid()
+            self._query.cache_clear()
 
-    def _query(self, seq: int, q: int) -> tuple[np.ndarray, np.ndarray, int]:
-        self._own_process()
-        key = (seq, q)
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
+    def _read_query(self, seq: int, q: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """Tracks float32 [T_w, n, 2], vis bool [T_w, n] and window start of query frame q (through self._query)."""
         if seq not in self._readers:
             self._readers[seq] = open_tracks(self.sequences[seq].tracks_index)
-        value = self._readers[seq].query(q)
-        self._cache[key] = value
-        while len(self._cache) > self.params.cache_queries:
-            self._cache.popitem(last=False)
-        return value
+        return self._readers[seq].query(q)
 
     def _flow(self, seq: int, gap: int, frame: int) -> np.ndarray:
         """Flow frame -> frame + gap at the loss size, float32 [2, hf, wf]."""
         sequence = self.sequences[seq]
         if sequence.flow is not None:
             return sequence.flow[gap][frame]
-        self._own_process()
         if seq not in self._flow_groups:
             self._flow_groups[seq] = stores.open_flow(sequence.flow_path)
         return loss_flow(stores.read_flow(self._flow_groups[seq], gap, frame)[None], self.params)[0]
@@ -424,6 +412,7 @@ class TrainItems(torch.utils.data.Dataset):
         return rng, seq, gap, frames, flip
 
     def __getitem__(self, key: int) -> dict[str, Any]:
+        self._own_process()
         rng, seq, gap, frames, flip = self.item_plan(int(key))
         sequence = self.sequences[seq]
         params = self.params

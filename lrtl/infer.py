@@ -47,9 +47,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from lrtl.backbones import DinoViT
+from lrtl.checkpoint import load_checkpoint
 from lrtl.cli import StageError, add_settings_argument, json_params, run_stage
 from lrtl.imageops import resize_rgb
-from lrtl.model import load_checkpoint
 from lrtl.model_inputs import input_kinds, model_input, normalize_images, read_input_flow, read_residual_speed
 from lrtl.params import Params
 from lrtl.runtime import resolve_device
@@ -172,7 +173,6 @@ class DinoMergeFeatures(torch.nn.Module):
 
     def __init__(self, weights: str | None, stride: int, input_size: Sequence[int]):
         super().__init__()
-        from lrtl.backbones import DinoViT
 
         if weights is not None and not Path(weights).is_file():
             raise StageError(

@@ -25,9 +25,12 @@ Low-rank trajectory loss (METHOD.md §7.2, §12.1).  The singular values of the 
   (``R = U Σ Vᵀ``, t = tail), applied with the stored Householder reflectors (``ormqr``), so it stays
   ``u_i v_iᵀ`` even for tiny σ_i (autograd through ``linalg.qr`` would solve with a singular R).
 
-The Gram route is the default: on CPU it is about 4x faster than the QR route (benchmarks/losses.py),
-more accurate (float64 arithmetic on the fp32 inputs: ~1e-9 relative against float64 svdvals, QR ~3e-6),
-and it needs no [B, K, N, D] temporary (the QR route materialises P and keeps its reflectors for backward).
+The QR route is the backward-stable one: it never forms P Pᵀ, so it never squares P's condition number. The
+Gram route does square it, so it must accumulate in float64 (in fp32 the error on small σ is of order
+√eps32·σ_1, METHOD.md §12.1); in float64 on the fp32 inputs it agrees with float64 svdvals to ~1e-9 relative
+(the fp32 QR to ~3e-6, its working precision).  The Gram route is the default because it is faster: on CPU
+about 4x faster than the QR route (benchmarks/losses.py), and it needs no [B, K, N, D] temporary (the QR route
+materialises P and keeps its reflectors for backward).
 Both routes agree with ``torch.linalg.svdvals`` in float64 to better than 1e-4 relative
 (tests/unit/test_losses.py).  Note for comparisons: LAPACK's ``svdvals`` is several times slower on the
 wide D x N matrix (the reference's call) than on its N x D transpose, which it reduces by QR itself.
@@ -181,9 +184,9 @@ def _weighted_gram_blas(traj: torch.Tensor, weights: torch.Tensor) -> torch.Tens
 
     Each of min(B, torch.get_num_threads()) workers runs single-threaded BLAS on its share of the batch items
     with its own float64 buffers of _CPU_GRAM_CHUNK columns, allocated once (fresh arrays of this size would
-    page-fault on every chunk).  On 2-core CPUs where this was measured it is ~1.6x faster than torch's
-    matmul for these thin [K*rows, c] @ [c, D] products (benchmarks/losses.py); it holds the job to torch's
-    thread count, so `--threads` bounds it too.
+    page-fault on every chunk).  It is faster than torch's matmul for these thin [K*rows, c] @ [c, D] products
+    (~1.6x where it was measured; benchmarks/losses.py compares them on a given machine); it holds the job to
+    torch's thread count, so `--threads` bounds it too.
     traj: [B, D, N]; weights: [B, K, N]. Returns [B, K, D, D] float64, valid on and above the diagonal.
     """
     from threadpoolctl import threadpool_limits
@@ -356,8 +359,8 @@ def lowrank_trajectory_loss(
              see trajectory_matrix.  Not centred, not visibility-masked.
     weights: [B, K, N] soft-mask values at the tracks' positions, already clamped (see mask_weights).
     rank:    r; singular values σ_{r+1} ... σ_D (1-based) enter the loss (paper r = 5).
-    route:   "gram" (default: faster on CPU, float64, ~1e-9 relative) or "qr" (fp32 Householder QR, ~3e-6
-             relative; it never squares the condition number, see the module docstring).
+    route:   "gram" (default: faster; float64, as it squares the condition number) or "qr" (fp32 Householder
+             QR, backward stable: it never squares the condition number); see the module docstring.
     Returns a scalar in traj's dtype: (1 / (B K)) Σ_b Σ_k Σ_{i > r} σ_i(traj_b · diag(weights_{b,k})).
     Raises ValueError (naming the count) on non-finite input, before any factorisation.
     Gradients reach both traj and weights and stay finite for repeated or vanishing singular values.

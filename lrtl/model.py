@@ -5,8 +5,8 @@
     out.logits    # [B, K, h, w]   softmax over K gives the masks (out.masks)
     out.features  # [B, F, h', w'] decoder mask features, used by inference to merge K -> 2
 
-`load_checkpoint(path)` rebuilds a model from a self-describing checkpoint written by lrtl.train (or by
-lrtl.convert from a reference checkpoint).
+`lrtl.checkpoint.load_checkpoint(path)` rebuilds a model from a self-describing checkpoint written by lrtl.train
+(or by lrtl.convert from a reference checkpoint).
 
 Two decoders share the FPN idea (METHOD.md §6):
 - the small CPU model (`backbone.name: small`): PixelDecoder + MaskDecoder below, logits resized bilinearly;
@@ -20,9 +20,9 @@ Two decoders share the FPN idea (METHOD.md §6):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
@@ -30,9 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lrtl.backbones import DINO_ARCHES, ConvNormAct, build_backbone
-from lrtl.cli import StageError
-
-CHECKPOINT_FORMAT = "lrtl-checkpoint-1"
+from lrtl.train_params import ModelParams
 
 
 class ModelOutput(NamedTuple):
@@ -404,58 +402,14 @@ class SegmentationModel(nn.Module):
         }
 
 
-MODEL_KEYS = (
-    "backbone",
-    "k",
-    "input_size",
-    "hidden",
-    "heads",
-    "decoder_layers",
-    "ffn",
-    "dropout",
-    "mask_stride",
-)
+MODEL_KEYS = tuple(field.name for field in dataclasses.fields(ModelParams))  # the train params' `model` keys
 
 
 def build_model(cfg: dict[str, Any]) -> SegmentationModel:
     """cfg: {backbone: {...}, k, input_size: [h, w], hidden, heads, decoder_layers, ffn, dropout, mask_stride}
-    (a "checkpoint" provenance entry, as load_checkpoint returns it, is ignored)."""
+    (a "checkpoint" provenance entry, as lrtl.checkpoint.load_checkpoint returns it, is ignored)."""
     missing = [key for key in MODEL_KEYS if key not in cfg]
     unknown = [key for key in cfg if key not in (*MODEL_KEYS, "checkpoint")]
     if missing or unknown:
         raise ValueError(f"model config: missing keys {missing}, unknown keys {unknown}")
     return SegmentationModel({key: cfg[key] for key in MODEL_KEYS})
-
-
-def load_checkpoint(
-    path: str | Path, device: str | torch.device = "cpu"
-) -> tuple[SegmentationModel, dict[str, Any]]:
-    """A checkpoint written by lrtl.train -> (model in eval mode on `device`, model cfg incl. input_size, k).
-
-    The cfg also carries the checkpoint's provenance under "checkpoint" (step, lrtl version, git sha,
-    params)."""
-    path = Path(path)
-    if not path.is_file():
-        raise StageError(f"{path}: no checkpoint here; train it with the pipeline (snakemake {path})")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise StageError(f"{path}: not an lrtl checkpoint of format {CHECKPOINT_FORMAT}; retrain it")
-    cfg = dict(checkpoint["model_cfg"])
-    model = build_model(cfg)
-    missing, unexpected = model.load_state_dict(checkpoint["model"], strict=False)
-    frozen_prefix = "backbone." if getattr(model.backbone, "frozen", False) else None
-    missing = [name for name in missing if not (frozen_prefix and name.startswith(frozen_prefix))]
-    if missing or unexpected:
-        raise StageError(
-            f"{path}: checkpoint does not match its model cfg (missing {missing[:5]}, "
-            f"unexpected {unexpected[:5]})"
-        )
-    model.to(device).eval()
-    cfg["checkpoint"] = {
-        key: checkpoint.get(key)
-        for key in (
-            "step", "lrtl_version", "git_sha", "params", "torch_version", "backbone_sha256", "validation",
-            "selected_on", "checkpoint_rule",
-        )
-    }
-    return model, cfg

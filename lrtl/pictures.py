@@ -1,4 +1,5 @@
-"""Pictures to look at: binary masks, overlay contact sheets, animated overlays, K-mask views and bar charts.
+"""Pictures to look at: binary masks, overlay contact sheets, animated overlays, K-mask views, bar charts
+and the training loss curve.
 
     python -m lrtl.pictures --masks masks.zarr --frames F.zarr --params '<json of config infer.pictures>' --out DIR
 
@@ -22,6 +23,7 @@ import dataclasses
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -206,6 +208,45 @@ def bar_chart(
     axes.set_title(title, fontsize=10)
     if series:
         axes.legend(fontsize=7)
+    figure.tight_layout()
+    with atomic_path(out) as tmp:
+        figure.savefig(tmp, format="png")
+
+
+def write_curve(rows: Sequence[Mapping[str, Any]], out: str | os.PathLike, title: str) -> None:
+    """Training curve from metrics.jsonl rows (lrtl.train): loss terms (log scale) and learning rate against
+    step, plus validation J when there is any, written atomically as PNG (Agg canvas; no pyplot global state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    loss_rows = [row for row in rows if "loss" in row]
+    val_rows = [row for row in rows if "val_j" in row]
+    figure = Figure(figsize=(8, 7 if val_rows else 4.5), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot(2 if val_rows else 1, 1, 1)
+    steps = [row["step"] for row in loss_rows]
+    for name in ("loss", "loss_flow", "loss_traj", "loss_temp"):
+        values = [row.get(name) for row in loss_rows]
+        if any(v is not None and v > 0 for v in values):
+            axes.plot(steps, [v if v is not None and v > 0 else np.nan for v in values], label=name)
+    axes.set_yscale("log")
+    axes.set_xlabel("step")
+    axes.set_ylabel("weighted loss")
+    axes.set_title(title)
+    if loss_rows:
+        lr_axes = axes.twinx()
+        lr_axes.plot(steps, [row["lr"] for row in loss_rows], color="grey", linestyle=":", label="lr")
+        lr_axes.set_ylabel("learning rate")
+    axes.legend(loc="upper right")
+    if val_rows:
+        val_axes = figure.add_subplot(2, 1, 2, sharex=axes)
+        val_axes.plot([r["step"] for r in val_rows], [100 * r["val_j"] for r in val_rows], marker="o")
+        best = max(val_rows, key=lambda r: r["val_j"])
+        val_axes.annotate(f"best {100 * best['val_j']:.1f} (step {best['step']}, selected on GT)",
+                          (best["step"], 100 * best["val_j"]), textcoords="offset points", xytext=(0, -14),
+                          ha="center", fontsize=8)
+        val_axes.set_xlabel("step")
+        val_axes.set_ylabel("validation J x100")
     figure.tight_layout()
     with atomic_path(out) as tmp:
         figure.savefig(tmp, format="png")

@@ -8,6 +8,9 @@ The lists are aligned by position. Resume state (last.pt and the live metrics lo
 outside the declared outputs, so a killed job continues where it stopped (STYLE.md §12). The final model.pt,
 the metrics.jsonl copy and the loss-curve PNG are written atomically at the end.
 
+This module is the loop and its CLI; the parameters live in lrtl.train_params, checkpoints in lrtl.checkpoint,
+the periodic validation in lrtl.validation and the curve in lrtl.pictures.write_curve.
+
 Loss: w_flow L_flow + w_traj L_traj + w_temp a(it) L_temp (METHOD.md §7); a term whose weight is 0 is not
 computed (ablations flow_only / tracks_only). `compat: reference` restores the reference's schedules (160k
 horizon), gradient clip 0.01, temporal-loss centre index, half-pixel sampling, flip without negating u and the
@@ -17,13 +20,12 @@ track-sampling quirks (METHOD.md §11).
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import functools
 import json
 import logging
 import os
 import resource
 import shutil
-import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,102 +36,23 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from lrtl import __version__, losses
+from lrtl import losses
+from lrtl.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 from lrtl.cli import StageError, add_settings_argument, json_params, run_stage
-from lrtl.data import DataParams, TrainItems, flatten_batch, load_sequence, make_loader
-from lrtl.imageops import resize_rgb, upsample
-from lrtl.infer import Predictor
-from lrtl.metrics import best_of_two
-from lrtl.model import CHECKPOINT_FORMAT, build_model
+from lrtl.data import TrainItems, flatten_batch, load_sequence, make_loader
+from lrtl.model import build_model
 from lrtl.model_inputs import input_kinds, model_input
-from lrtl.params import Params
+from lrtl.pictures import write_curve
 from lrtl.runtime import input_identity, limit_threads, resolve_device
 from lrtl.settings import merge_settings, result_params
-from lrtl.stores import atomic_path, open_store, read_ground_truth, write_text
+from lrtl.stores import atomic_path, write_text
+from lrtl.train_params import TrainParams, parse_params
+from lrtl.validation import SELECTED_ON_GT, load_validation, validate
 
 log = logging.getLogger(__name__)
 
 REFERENCE_HORIZON = 160_000  # the reference's nominal schedule length (METHOD.md §8, §11 item 3)
 REFERENCE_GRAD_CLIP = 0.01  # the reference's inherited clip (METHOD.md §11 item 2)
-SELECTED_ON_GT = "selected on ground-truth labels: a diagnostic, never a result (METHOD.md §8)"
-
-
-@dataclasses.dataclass(frozen=True)
-class BackboneParams(Params):
-    name: str  # small | dino_vitb8
-    channels: tuple[int, ...]  # small: widths of the stride-2 stages
-    inputs: tuple[str, ...] | None  # small: rgb and/or flow (lrtl.model_inputs); null = rgb (dino_vitb8)
-    weights: str | None  # dino_vitb8: local DINO weights file (null = random, tests only)
-    layers: tuple[int, ...]  # dino_vitb8: blocks whose 'key' features feed the decoder (paper 5, 7, 9, 11)
-    patch_stride: int  # dino_vitb8: patch-embedding stride (paper 4)
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelParams(Params):
-    backbone: BackboneParams
-    k: int  # K masks (paper 4)
-    input_size: tuple[int, ...]  # [h, w] model input (paper 192x352)
-    hidden: int  # decoder width (paper 256)
-    heads: int  # attention heads (paper 8)
-    decoder_layers: int  # transformer decoder layers (paper 6)
-    ffn: int  # transformer feed-forward width (paper 2048)
-    dropout: float  # transformer dropout (paper 0.1)
-    mask_stride: int  # input pixels per mask-feature cell (paper ~1)
-
-
-@dataclasses.dataclass(frozen=True)
-class LossParams(Params):
-    w_flow: float  # weight of L_flow (paper 0.03)
-    w_traj: float  # weight of L_traj (paper 5e-5)
-    w_temp: float  # weight of L_temp before the ramp (paper 0.1)
-    rank: int  # r (paper 5)
-    route: str  # gram | qr: small-factor route of L_traj (METHOD.md §12.1)
-    weight_clamp: float  # mask weights clamped to [c, 1 - c] (paper 1e-6)
-
-
-@dataclasses.dataclass(frozen=True)
-class OptimParams(Params):
-    lr: float  # AdamW base learning rate (paper 1.5e-4)
-    weight_decay: float  # (paper 0.01; 0 for norms and query embeddings)
-    warmup: float  # linear warm-up length, fraction of iterations (paper 1500 / 20000 = 0.075)
-    poly_power: float  # poly decay exponent (paper 0.9)
-    grad_clip: float  # full-model gradient-norm clip (paper 0.01, lrtl 1.0; compat: reference forces 0.01)
-
-
-@dataclasses.dataclass(frozen=True)
-class ValidateParams(Params):
-    every: int  # steps between validations on the annotated frames of the training sequences; 0 = never
-    frames: int  # annotated frames scored, spread evenly over the training sequences with ground truth
-    threshold: float  # merged soft-mask threshold at ground-truth resolution (paper 0.5, strict >)
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainParams(Params):
-    model: ModelParams
-    data: DataParams
-    loss: LossParams
-    optim: OptimParams
-    iterations: int  # optimisation steps (paper 20000)
-    batch_items: int  # 4-frame items per step (paper 2 = 8 frames)
-    seed: int
-    deterministic: bool  # torch deterministic algorithms
-    device: str  # auto | cpu | cuda
-    compat: str  # fixed | reference (METHOD.md §11)
-    log_every: int  # steps between metrics.jsonl lines
-    checkpoint_every: int  # steps between resume checkpoints (state-dir/last.pt)
-    validate: ValidateParams  # periodic validation where ground truth exists (reference: every 250 steps)
-
-
-def parse_params(mapping: dict[str, Any]) -> TrainParams:
-    try:
-        params = TrainParams.from_mapping(mapping, "train")
-    except (ValueError, TypeError) as err:
-        raise StageError(f"--params: {err}") from err
-    if params.compat not in ("fixed", "reference"):
-        raise StageError(f"train.compat must be fixed or reference, got {params.compat!r}")
-    if params.loss.route not in ("gram", "qr"):
-        raise StageError(f"train.loss.route must be gram or qr, got {params.loss.route!r}")
-    return params
 
 
 # --------------------------------------------------------------------------- schedules
@@ -167,51 +90,11 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def git_sha() -> str | None:
-    try:
-        result = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return result.stdout.strip() or None
-
-
 def memory_mb(device: torch.device) -> dict[str, float]:
     usage = {"max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
     if device.type == "cuda":
         usage["cuda_max_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     return usage
-
-
-def save_checkpoint(
-    path: Path, model, params: TrainParams, step: int, optimizer=None, **extra: Any
-) -> None:
-    """Self-describing checkpoint (STYLE.md §12): model args, params, step, versions (+ optimiser, RNG, extra)."""
-    checkpoint = {
-        "format": CHECKPOINT_FORMAT,
-        "model": model.trainable_state_dict(),
-        "model_cfg": params.model.to_dict(),
-        "params": params.to_dict(),
-        "step": step,
-        "lrtl_version": __version__,
-        "torch_version": torch.__version__,
-        "git_sha": git_sha(),
-        "backbone_sha256": getattr(model.backbone, "weights_sha256", None),
-    }
-    if optimizer is not None:
-        checkpoint["optimizer"] = optimizer.state_dict()
-        checkpoint["torch_rng"] = torch.get_rng_state()
-        if torch.cuda.is_available():
-            checkpoint["cuda_rng"] = torch.cuda.get_rng_state_all()
-    checkpoint.update(extra)
-    with atomic_path(path) as tmp:
-        torch.save(checkpoint, tmp)
 
 
 def resume_signature(params: TrainParams, inputs: Sequence[str | os.PathLike]) -> dict[str, Any]:
@@ -236,49 +119,13 @@ def signature_difference(recorded: dict[str, Any] | None, signature: dict[str, A
 
 
 def read_metrics(path: Path, up_to_step: int | None = None) -> list[dict[str, Any]]:
+    """The rows of a metrics log, as written. Read line by line, not with pd.read_json(lines=True): the rows are
+    written back verbatim (resume, final copy), and a frame would add NaN for the keys a row lacks (loss rows vs
+    validation rows), turn ints into floats and parse floats imprecisely."""
     if not path.is_file():
         return []
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return [row for row in rows if up_to_step is None or row["step"] <= up_to_step]
-
-
-def write_curve(rows: list[dict[str, Any]], out: Path, title: str) -> None:
-    """Loss terms (log scale) and learning rate against step, plus validation J when there is any, PNG
-    (Agg canvas; no pyplot global state)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    loss_rows = [row for row in rows if "loss" in row]
-    val_rows = [row for row in rows if "val_j" in row]
-    figure = Figure(figsize=(8, 7 if val_rows else 4.5), dpi=100)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot(2 if val_rows else 1, 1, 1)
-    steps = [row["step"] for row in loss_rows]
-    for name in ("loss", "loss_flow", "loss_traj", "loss_temp"):
-        values = [row.get(name) for row in loss_rows]
-        if any(v is not None and v > 0 for v in values):
-            axes.plot(steps, [v if v is not None and v > 0 else np.nan for v in values], label=name)
-    axes.set_yscale("log")
-    axes.set_xlabel("step")
-    axes.set_ylabel("weighted loss")
-    axes.set_title(title)
-    if loss_rows:
-        lr_axes = axes.twinx()
-        lr_axes.plot(steps, [row["lr"] for row in loss_rows], color="grey", linestyle=":", label="lr")
-        lr_axes.set_ylabel("learning rate")
-    axes.legend(loc="upper right")
-    if val_rows:
-        val_axes = figure.add_subplot(2, 1, 2, sharex=axes)
-        val_axes.plot([r["step"] for r in val_rows], [100 * r["val_j"] for r in val_rows], marker="o")
-        best = max(val_rows, key=lambda r: r["val_j"])
-        val_axes.annotate(f"best {100 * best['val_j']:.1f} (step {best['step']}, selected on GT)",
-                          (best["step"], 100 * best["val_j"]), textcoords="offset points", xytext=(0, -14),
-                          ha="center", fontsize=8)
-        val_axes.set_xlabel("step")
-        val_axes.set_ylabel("validation J x100")
-    figure.tight_layout()
-    with atomic_path(out) as tmp:
-        figure.savefig(tmp, format="png")
 
 
 def metrics_row(step: int, lr: float, grad_norm: float, window: dict[str, Any], device) -> dict[str, Any]:
@@ -296,55 +143,6 @@ def log_row(row: dict[str, Any], iterations: int) -> None:
                       if name.startswith("loss_") and not name.startswith("loss_raw"))
     log.info("step %d/%d loss %.4g (%s) lr %.3g, %.2f it/s, data wait %.0f%%", row["step"], iterations,
              row["loss"], terms, row["lr"], row["it_per_s"], 100 * row["data_wait"])
-
-
-@dataclasses.dataclass(frozen=True)
-class ValidationFrames:
-    """Annotated frames of the training sequences with their ground truth (periodic validation)."""
-
-    rgb: np.ndarray  # uint8 [V, h, w, 3], already at the model input size
-    gt: list[np.ndarray]  # V bool masks [Hg, Wg] at their native resolution
-    flow: np.ndarray | None = None  # float32 [V, 2, h, w] network flow input (lrtl.model_inputs), or None
-
-
-def load_validation(
-    frames: Sequence[str | os.PathLike],
-    params: ValidateParams,
-    input_size: Sequence[int],
-    input_flow: dict[str, np.ndarray] | None = None,
-) -> ValidationFrames | None:
-    """Up to `params.frames` annotated frames spread evenly over the stores; None without ground truth.
-
-    input_flow: frames store -> its network flow input [T, 2, h, w], for a model that takes flow."""
-    if params.every <= 0 or params.frames <= 0:
-        return None
-    annotated = []  # (store, row in gt, frame index)
-    for path in frames:
-        _, gt_index = read_ground_truth(path)
-        annotated += [(str(path), row, int(frame)) for row, frame in enumerate(gt_index.tolist())]
-    if not annotated:
-        return None
-    picks = np.unique(np.linspace(0, len(annotated) - 1, min(params.frames, len(annotated))).round().astype(int))
-    chosen = [annotated[i] for i in picks]
-    groups = {store: open_store(store, "frames") for store, _, _ in chosen}
-    rgb = [resize_rgb(groups[store]["rgb"][frame][None], input_size)[0] for store, _, frame in chosen]
-    gt = [groups[store]["gt"][row].astype(bool) for store, row, _ in chosen]
-    flow = None if input_flow is None else np.stack([input_flow[store][frame] for store, _, frame in chosen])
-    return ValidationFrames(np.stack(rgb), gt, flow)
-
-
-def validate(model, frames: ValidationFrames, input_size, device, threshold: float) -> float:
-    """Mean best-of-2 J over the validation frames, by the evaluation protocol (METHOD.md §9 steps 1-3).
-
-    The K masks are merged to 2 without labels (the model's decoder features); leaves the model in train mode.
-    """
-    try:
-        predictor = Predictor(model, input_size, device, batch_size=8, inputs=input_kinds(model.cfg))
-        merged = predictor.predict(frames.rgb, frames.flow)["merged"]  # [V, 2, h, w]
-    finally:
-        model.train()
-    scores = [best_of_two(upsample(m, *gt.shape) > threshold, gt)[0] for m, gt in zip(merged, frames.gt, strict=True)]
-    return float(np.mean(scores))
 
 
 def compute_losses(
@@ -460,6 +258,8 @@ def run_train(
         if not stale:
             model.load_state_dict(state["model"], strict=False)
             optimizer.load_state_dict(state["optimizer"])
+            for group in optimizer.param_groups:  # the base lr, absent from states saved before the LambdaLR
+                group.setdefault("initial_lr", params.optim.lr)
             torch.set_rng_state(state["torch_rng"])
             if "cuda_rng" in state and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -473,6 +273,12 @@ def run_train(
     # the live log keeps the lines up to the resumed step (a killed run may have logged beyond its checkpoint)
     rows = read_metrics(live_metrics, up_to_step=step) if step else []
     write_text(live_metrics, "".join(json.dumps(row) + "\n" for row in rows))
+
+    # lr = optim.lr * lr_factor(step): warm-up and poly decay relative to this run's own length, continued from the
+    # resumed step (LambdaLR scales each group's "initial_lr", which a resumed optimiser state carries)
+    schedule = functools.partial(lr_factor, iterations=params.iterations, warmup=params.optim.warmup,
+                                 power=params.optim.poly_power, reference=reference)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule, last_epoch=step - 1)
 
     loader = make_loader(
         items,
@@ -488,12 +294,7 @@ def run_train(
     tic = time.perf_counter()
     with live_metrics.open("a") as metrics_log:
         for batch in loader:
-            # lr schedule relative to this run's own length
-            lr = params.optim.lr * lr_factor(
-                step, params.iterations, params.optim.warmup, params.optim.poly_power, reference
-            )
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            lr = scheduler.get_last_lr()[0]  # this step's lr, the same in every parameter group
             batch = {
                 name: value.to(device, non_blocking=True) for name, value in flatten_batch(batch).items()
             }
@@ -505,6 +306,7 @@ def run_train(
             terms["total"].backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             optimizer.step()
+            scheduler.step()
             step += 1
 
             toc = time.perf_counter()

@@ -50,7 +50,8 @@ def sequence(tmp_path_factory):
 
 
 def write_checkpoint(path, model_cfg):
-    from lrtl.model import CHECKPOINT_FORMAT, build_model
+    from lrtl.checkpoint import CHECKPOINT_FORMAT
+    from lrtl.model import build_model
 
     torch.manual_seed(0)
     model = build_model(dict(model_cfg))

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lrtl import data, losses, train
-from lrtl.model import load_checkpoint
+from lrtl.checkpoint import load_checkpoint
 from tests.conftest import config_section, tiny_model
 from tests.unit.test_data import build_training_inputs
 

@@ -20,7 +20,7 @@ from lrtl.pictures import PicturesParams
 from lrtl.settings import RUN_SETTINGS, merge_settings, split_settings
 from lrtl.synthetic import SyntheticParams
 from lrtl.tracks import TracksParams
-from lrtl.train import TrainParams
+from lrtl.train_params import TrainParams
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())

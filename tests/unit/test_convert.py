@@ -33,9 +33,10 @@ import torch
 import yaml
 
 import lrtl.backbones
+from lrtl.checkpoint import load_checkpoint
 from lrtl.cli import StageError
 from lrtl.convert import convert_state_dict, key_permutation, main
-from lrtl.model import build_model, load_checkpoint
+from lrtl.model import build_model
 from lrtl.model_inputs import normalize_images
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from lrtl import data
-from lrtl.data import DataParams, TrainItems, flip_item, load_sequence, sample_frame_tracks
+from lrtl.data import TrainItems, flip_item, load_sequence, sample_frame_tracks
+from lrtl.train_params import DataParams
 from tests.conftest import config_section
 
 FLOW = config_section("flow", backend="oracle", gaps=[1, 2])

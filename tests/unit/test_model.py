@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from lrtl.backbones import DinoViT, build_backbone
+from lrtl.checkpoint import load_checkpoint
 from lrtl.cli import StageError
 from lrtl.imageops import resize_rgb
-from lrtl.model import build_model, load_checkpoint
+from lrtl.model import build_model
 from lrtl.model_inputs import normalize_images
 from tests.conftest import config_section, tiny_model
 
@@ -126,7 +127,7 @@ def test_dino_model_does_not_checkpoint_the_frozen_backbone(tmp_path):
 
 
 def test_load_checkpoint_round_trip(tmp_path):
-    from lrtl.train import save_checkpoint  # the writer of checkpoints
+    from lrtl.checkpoint import save_checkpoint  # the writer of checkpoints
 
     params = _tiny_params()
     torch.manual_seed(1)
@@ -148,7 +149,7 @@ def test_load_checkpoint_round_trip(tmp_path):
 
 
 def _tiny_params():
-    from lrtl.train import parse_params
+    from lrtl.train_params import parse_params
 
     return parse_params(
         config_section(

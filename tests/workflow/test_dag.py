@@ -47,27 +47,41 @@ def test_snakefmt_check() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_dry_run_counts_one_job_per_sequence_and_chunk(workdir: Path) -> None:
+def generated_frame_counts(synthetic: dict, root: Path) -> list[int]:
+    """Frames per sequence as the synthetic generator writes them (JPEGs on disk), one sequence per index."""
+    from lrtl.synthetic import SyntheticParams, run_synthetic
+
+    params = SyntheticParams.from_mapping(synthetic)
+    counts = []
+    for index in range(params.n_sequences):
+        name = f"seq-{index}"
+        images = root / "images" / name
+        run_synthetic(sequence_index=index, name=name, images=images, annotations=root / "annotations" / name,
+                      ground_truth=root / "ground_truth" / f"{name}.zarr", params=params)
+        counts.append(len(list(images.glob("*.jpg"))))
+    return counts
+
+
+def test_dry_run_counts_one_job_per_sequence_and_chunk(workdir: Path, tmp_path_factory) -> None:
     config = yaml.safe_load(TEST_CONFIG.read_text())
     proc = snakemake(workdir, "-n", "--configfile", str(TEST_CONFIG))
     counts = job_counts(proc.stdout)
-    from lrtl.synthetic import sequence_plan
-
+    # expected counts from the generator's files, not from sequence_plan, the function the DAG is built from
     base = yaml.safe_load((REPO / "config.yaml").read_text())
     synthetic = {**base["synthetic"], **config.get("synthetic", {})}
-    plan = sequence_plan(synthetic)
+    frames = generated_frame_counts(synthetic, tmp_path_factory.mktemp("generated"))
     chunk_size = config["tracks"]["chunk_size"]
     n_runs = len(config.get("targets", base["targets"])["runs"])
-    assert counts["make_synthetic"] == len(plan)
-    assert counts["prepare_frames"] == len(plan)
-    assert counts["compute_flow"] == len(plan)
-    assert counts["track_chunk"] == sum(math.ceil(n / chunk_size) for _, n in plan)
-    assert counts["index_tracks"] == len(plan)
+    assert counts["make_synthetic"] == len(frames)
+    assert counts["prepare_frames"] == len(frames)
+    assert counts["compute_flow"] == len(frames)
+    assert counts["track_chunk"] == sum(math.ceil(n / chunk_size) for n in frames)
+    assert counts["index_tracks"] == len(frames)
     assert counts["train_model"] == n_runs
-    assert counts["infer_masks"] == n_runs * len(plan)
-    assert counts["baseline_masks"] == len(plan)
-    assert counts["track_baseline_masks"] == len(plan)
-    assert counts["evaluate_sequence"] == (n_runs + 2) * len(plan)  # the runs, the flow and the track baselines
+    assert counts["infer_masks"] == n_runs * len(frames)
+    assert counts["baseline_masks"] == len(frames)
+    assert counts["track_baseline_masks"] == len(frames)
+    assert counts["evaluate_sequence"] == (n_runs + 2) * len(frames)  # the runs, the flow and the track baselines
     assert counts["make_tables"] == 1
 
 
