@@ -503,6 +503,10 @@ def make_loader(
         prefetch_factor=4 if workers else None,
         generator=torch.Generator().manual_seed(items.seed),  # leaves the global RNG (dropout) to the model
         worker_init_fn=one_thread_per_worker,
+        # Workers start from a fresh server process, not a fork of this one: a fork copies OpenCV's thread pool in
+        # whatever state its threads left it, and the worker's first OpenCV call (setNumThreads) could then wait
+        # forever on a lock no thread will release (seen in tests after OpenCV work in the parent).
+        multiprocessing_context="forkserver" if workers else None,
     )
 
 
