@@ -626,9 +626,12 @@ def all_pictures(wildcards=None):
 
 def evaluated_datasets():
     """The target datasets scored against ground truth: those whose datasets.<d>.evaluate is not null (a folder
-    of one's own videos has no ground truth: masks and pictures only, no metrics or tables)."""
+    of one's own videos has no ground truth: masks and pictures only, no metrics or tables).
+    """
     return [
-        d for d in config["targets"]["datasets"] if config["datasets"][d]["evaluate"] is not None
+        d
+        for d in config["targets"]["datasets"]
+        if config["datasets"][d]["evaluate"] is not None
     ]
 
 
