@@ -51,7 +51,14 @@ from lrtl.backbones import DinoViT
 from lrtl.checkpoint import load_checkpoint
 from lrtl.cli import StageError, add_settings_argument, json_params, run_stage
 from lrtl.imageops import resize_rgb
-from lrtl.model_inputs import input_kinds, model_input, normalize_images, read_input_flow, read_residual_speed
+from lrtl.model_inputs import (
+    input_flow_of,
+    input_kinds,
+    model_input,
+    normalize_images,
+    read_motion,
+    residual_speed_of,
+)
 from lrtl.params import Params
 from lrtl.runtime import resolve_device
 from lrtl.settings import merge_settings
@@ -102,8 +109,6 @@ def live_masks(mass: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     (at most two non-empty masks), else None. Empty masks join group 1."""
     groups = np.ones(len(mass), dtype=np.int64)
     live = np.flatnonzero(mass >= MIN_MASS)
-    if len(mass) == 2 and len(live) == 2:
-        return live, np.array([0, 1])
     if len(live) <= 1:
         groups[live] = 0
         return live, groups
@@ -221,7 +226,9 @@ class Predictor:
         if "flow" in self.inputs and (flow is None or len(flow) != len(rgb)):
             raise StageError(f"the model takes optical flow as input: give the flow of all {len(rgb)} frames")
         if speed is not None and speed.shape != (len(rgb), *self.input_size):
-            raise StageError(f"motion merge: speed maps {speed.shape} do not match {len(rgb)} frames at {self.input_size}")
+            raise StageError(
+                f"motion merge: speed maps {speed.shape} do not match {len(rgb)} frames at {self.input_size}"
+            )
 
         soft_all, merged_all, groups_all = [], [], []
         starts = range(0, len(rgb), self.batch_size)
@@ -287,25 +294,20 @@ def run_infer(
     frame_attrs = dict(open_store(frames, "frames").attrs)
     rgb = read_rgb(frames)  # [T, H, W, 3]
     predictor, cfg = build_predictor(model, params)
-    flow_input = None
-    if "flow" in predictor.inputs:
-        if flow is None:
-            raise StageError(
-                f"{model}: this model takes optical flow as input; pass the sequence's flow store (--flow)"
-            )
-        flow_input = read_input_flow(flow, predictor.input_size)  # [T, 2, h, w]
-        if len(flow_input) != len(rgb):
-            raise StageError(f"{flow}: {len(flow_input)} frames, but {frames} has {len(rgb)}; rebuild its flow")
-    speed = None
-    if params.merge_features == "motion" and int(cfg["k"]) > 2:
-        if flow is None:
-            raise StageError(
-                f"infer.merge_features: motion merges the masks by their motion; pass the sequence's flow store "
-                f"(--flow) or set merge_features: decoder"
-            )
-        speed = read_residual_speed(flow, predictor.input_size)  # [T, h, w]
-        if len(speed) != len(rgb):
-            raise StageError(f"{flow}: {len(speed)} frames, but {frames} has {len(rgb)}; rebuild its flow")
+    takes_flow = "flow" in predictor.inputs
+    merges_by_motion = params.merge_features == "motion" and int(cfg["k"]) > 2
+    if takes_flow and flow is None:
+        raise StageError(f"{model}: this model takes optical flow as input; pass the sequence's flow store (--flow)")
+    if merges_by_motion and flow is None:
+        raise StageError(
+            "infer.merge_features: motion merges the masks by their motion; pass the sequence's flow store "
+            "(--flow) or set merge_features: decoder"
+        )
+    motion = read_motion(flow, predictor.input_size) if takes_flow or merges_by_motion else None  # [T, h, w, 2]
+    if motion is not None and len(motion) != len(rgb):
+        raise StageError(f"{flow}: {len(motion)} frames, but {frames} has {len(rgb)}; rebuild its flow")
+    flow_input = input_flow_of(motion) if takes_flow else None  # [T, 2, h, w]
+    speed = residual_speed_of(motion) if merges_by_motion else None  # [T, h, w]
     result = predictor.predict(rgb, flow_input, speed)
     provenance = cfg.get("checkpoint") or {}
     train_params = provenance.get("params") or {}
@@ -352,7 +354,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m lrtl.infer", description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, help="checkpoint written by lrtl.train (model.pt)")
     parser.add_argument("--frames", required=True, help="frames store of one sequence")
-    parser.add_argument("--flow", help="flow store of the sequence: for a model that takes flow as input and for merge_features: motion")
+    parser.add_argument(
+        "--flow", help="flow store of the sequence: for a model that takes flow as input and for merge_features: motion"
+    )
     parser.add_argument(
         "--params", required=True, type=json_params, help="JSON of the config section `infer`"
     )

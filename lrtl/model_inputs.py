@@ -19,8 +19,9 @@ The motion merge of inference (lrtl.infer) reads each frame's speed against the 
 same flow at the input size minus the frame's dominant affine motion (lrtl.camera, lmeds).
 
     inputs = input_kinds(model_cfg)                  # ("rgb",) | ("flow",) | ("rgb", "flow")
-    flow = read_input_flow(flow_store, size)         # float32 [T, 2, h, w] when "flow" in inputs
-    speed = read_residual_speed(flow_store, size)    # float32 [T, h, w], px at size (the motion merge)
+    motion = read_motion(flow_store, size)           # float32 [T, h, w, 2], px at size: the store read once
+    flow = input_flow_of(motion)                     # float32 [T, 2, h, w] when "flow" in inputs
+    speed = residual_speed_of(motion)                # float32 [T, h, w], px at size (the motion merge)
     x = model_input(rgb_uint8, flow[batch], inputs)  # float32 [B, C, h, w], C = 3 (rgb) + 2 (flow)
 """
 
@@ -82,7 +83,11 @@ def uses_flow(model_cfg: Mapping[str, Any]) -> bool:
 
 def encode_flow(flow: np.ndarray, size: Sequence[int]) -> np.ndarray:
     """One frame's flow float [H, W, 2] in pixels -> the network's flow input float32 [2, h, w] (steps 2-4)."""
-    resized = resize_flow(np.asarray(flow, np.float32), int(size[0]), int(size[1]), interpolation="area")
+    return encode_resized(resize_flow(np.asarray(flow, np.float32), int(size[0]), int(size[1]), interpolation="area"))
+
+
+def encode_resized(resized: np.ndarray) -> np.ndarray:
+    """Steps 3-4 on one frame's flow already at the input size, float32 [h, w, 2] px -> float32 [2, h, w]."""
     residual = resized - np.median(resized.reshape(-1, 2), axis=0)  # [h, w, 2]
     scale = max(float(np.percentile(np.linalg.norm(residual, axis=-1), 95)), MIN_SCALE)
     return np.clip(residual / scale, -CLIP, CLIP).transpose(2, 0, 1).astype(np.float32)
@@ -98,21 +103,35 @@ def input_flow_field(group: Any, t: int) -> np.ndarray:
     return -read_flow(group, -1, t)
 
 
+def read_motion(path: str | os.PathLike, size: Sequence[int]) -> np.ndarray:
+    """A flow store -> every frame's flow (steps 1-2) float32 [T, h, w, 2] at `size`, px at that size: read once,
+    then encoded for the network (input_flow_of) and / or measured against the camera (residual_speed_of)."""
+    group = open_flow(path)
+    height, width = int(size[0]), int(size[1])
+    return np.stack([
+        resize_flow(input_flow_field(group, t), height, width, interpolation="area")
+        for t in range(int(group.attrs["n_frames"]))
+    ])
+
+
+def input_flow_of(motion: np.ndarray) -> np.ndarray:
+    """read_motion's [T, h, w, 2] -> the network's flow input float32 [T, 2, h, w]."""
+    return np.stack([encode_resized(field) for field in motion])
+
+
+def residual_speed_of(motion: np.ndarray) -> np.ndarray:
+    """read_motion's [T, h, w, 2] -> every frame's speed against the camera float32 [T, h, w], px."""
+    return np.stack([residual_speed(field) for field in motion]).astype(np.float32)
+
+
 def read_input_flow(path: str | os.PathLike, size: Sequence[int]) -> np.ndarray:
     """A flow store -> the flow input of every frame, float32 [T, 2, h, w] at `size` (the model input size)."""
-    group = open_flow(path)
-    return np.stack([encode_flow(input_flow_field(group, t), size) for t in range(int(group.attrs["n_frames"]))])
+    return input_flow_of(read_motion(path, size))
 
 
 def read_residual_speed(path: str | os.PathLike, size: Sequence[int]) -> np.ndarray:
     """A flow store -> every frame's speed against the camera float32 [T, h, w] at `size` (px at that size)."""
-    group = open_flow(path)
-    height, width = int(size[0]), int(size[1])
-    speeds = []
-    for t in range(int(group.attrs["n_frames"])):
-        resized = resize_flow(input_flow_field(group, t), height, width, interpolation="area")  # [h, w, 2]
-        speeds.append(residual_speed(resized))  # [h, w]
-    return np.stack(speeds).astype(np.float32)
+    return residual_speed_of(read_motion(path, size))
 
 
 def model_input(rgb: torch.Tensor, flow: torch.Tensor | None, inputs: Sequence[str]) -> torch.Tensor:
