@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass(frozen=True)
 class DisParams(Params):
     preset: str            # ultrafast | fast | medium (paper-free CPU default: medium)
+    finest_scale: int      # pyramid level the flow is refined down to: 0 = the frames resolution, 1 = half (the presets
+                           # stop at 1 or 2)
 
 
 @dataclasses.dataclass(frozen=True)

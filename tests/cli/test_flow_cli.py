@@ -52,6 +52,23 @@ def test_oracle_and_dis_write_both_directions_of_every_gap(sequence, tmp_path):
         assert all(not dis[stores.flow_name(gap)][i].any() for i in invalid)
 
 
+def test_dis_refined_to_every_pixel_is_closer_to_the_exact_flow(sequence, tmp_path):
+    half = {**PARAMS, "gaps": [1], "dis": {**PARAMS["dis"], "finest_scale": 1}}
+    full = {**half, "dis": {**half["dis"], "finest_scale": 0}}
+    run(sequence, tmp_path / "half.zarr", half)
+    run(sequence, tmp_path / "full.zarr", full)
+    scene = load_scene(sequence["gt"])
+    pairs = flow.flow_pairs(12, 1)
+    exact = np.stack([scene.flow(i, 1) for i, _ in pairs])  # [P, H, W, 2]
+    errors = {
+        name: endpoint_error(np.stack([stores.read_flow(stores.open_flow(tmp_path / f"{name}.zarr"), 1, i)
+                                       for i, _ in pairs]), exact)
+        for name in ("half", "full")
+    }
+    assert errors["full"] < 0.9 * errors["half"], errors
+    assert stores.open_flow(tmp_path / "full.zarr").attrs["dis_finest_scale"] == 0
+
+
 def test_raft_with_random_weights(sequence, tmp_path, capsys):
     import torch
     from torchvision.models.optical_flow import raft_large
