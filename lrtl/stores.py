@@ -262,7 +262,7 @@ def read_flow(group: zarr.Group, gap: int, frame: int) -> np.ndarray:
 
 
 def write_masks(out: str | os.PathLike, soft: np.ndarray, merged: np.ndarray, **attrs: Any) -> None:
-    """soft float [T, K, h, w]; merged float [T, 2, h, w]."""
+    """soft float [T, K, h, w]; merged float [T, 2, h', w'] (the model's size, or the frames store's when refined)."""
     n_frames, k, height, width = soft.shape
     with atomic_path(out) as tmp:
         group = create_group(tmp, "masks", n_frames=n_frames, k=k, height=height, width=width, **attrs)
@@ -280,7 +280,7 @@ def write_baseline_masks(out: str | os.PathLike, merged: np.ndarray, frame_attrs
 
 
 def read_masks(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """(soft float32 [T, K, h, w], merged float32 [T, 2, h, w], attrs)."""
+    """(soft float32 [T, K, h, w], merged float32 [T, 2, h', w'], attrs)."""
     group = open_store(path, "masks")
     soft, merged = group["soft"][...].astype(np.float32), group["merged"][...].astype(np.float32)
     check_finite(soft, path, "masks", "soft")

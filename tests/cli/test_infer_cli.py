@@ -9,6 +9,7 @@ from PIL import Image
 
 from lrtl import stores
 from lrtl.baseline import main as baseline_main
+from lrtl.imageops import upsample
 from lrtl.infer import main as infer_main
 from lrtl.model_inputs import read_residual_speed
 from lrtl.pictures import main as pictures_main
@@ -24,6 +25,7 @@ _INFER = config_section(
     batch_size=4,
     merge_features="decoder",
     dino_weights=None,
+    refine={"radius": 0, "eps": 1e-3},  # merged masks at the model's size: the merge itself is checked
     pictures={"thumb_width": 40, "sheet_columns": 3, "sheet_max_frames": 4, "gif_fps": 5.0},
 )
 PICTURES = _INFER["pictures"]
@@ -144,6 +146,22 @@ def test_infer_of_a_model_that_takes_flow_reads_the_flow_store(sequence, capsys)
     soft, merged, _ = stores.read_masks(out)
     assert soft.shape == (T, 4, 32, 48)
     np.testing.assert_allclose(merged.sum(axis=1), 1.0, atol=5e-3)
+
+
+def test_refined_merged_masks_come_at_the_frames_resolution_and_follow_its_edges(sequence):
+    checkpoint = write_checkpoint(sequence["root"] / "flow-model-refine.pt", FLOW_MODEL)
+    flow = square_flow(sequence)
+    plain, _ = run_infer(sequence, checkpoint, dict(INFER, merge_features="motion"), "plain", flow=flow)
+    params = dict(INFER, merge_features="motion", refine={"radius": 3, "eps": 1e-3})
+    refined, _ = run_infer(sequence, checkpoint, params, "refined", flow=flow)
+    soft, merged, attrs = stores.read_masks(refined)
+    soft_plain, merged_plain, _ = stores.read_masks(plain)
+    assert soft.shape == (T, 4, 32, 48) and merged.shape == (T, 2, H, W)  # K masks at the model's size
+    np.testing.assert_array_equal(soft, soft_plain)
+    assert attrs["params"]["refine"] == {"radius": 3, "eps": 1e-3}
+    assert merged.min() >= 0.0 and merged.max() <= 1.0
+    np.testing.assert_allclose(merged.sum(axis=1), 1.0, atol=1e-2)  # the filter is linear: the pair still sums to 1
+    assert not np.array_equal(merged, upsample(merged_plain, H, W).astype(np.float16).astype(np.float32))
 
 
 def test_infer_dino_merge_needs_weights_file(sequence, checkpoint, capsys):
