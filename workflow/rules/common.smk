@@ -267,6 +267,14 @@ def sequences_of(dataset, splits_key=None):
     return [r["sequence"] for r in rows]
 
 
+def used_sequences(dataset):
+    """Sequences a dataset's runs train on or evaluate: the only ones whose stores are built."""
+    used = set(sequences_of(dataset, "train_splits")) | set(
+        sequences_of(dataset, "eval_splits")
+    )
+    return [s for s in sequences_of(dataset) if s in used]
+
+
 def n_chunks(dataset, sequence):
     n_frames = SEQUENCES[dataset][sequence]["n_frames"]
     return math.ceil(n_frames / config["tracks"]["chunk_size"])
@@ -561,7 +569,7 @@ def all_frames(wildcards=None):
     return [
         f"results/{d}/frames/{s}.zarr"
         for d in config["targets"]["datasets"]
-        for s in sequences_of(d)
+        for s in used_sequences(d)
     ]
 
 
@@ -569,7 +577,7 @@ def all_flow(wildcards=None):
     return [
         f"results/{d}/flow/{s}.zarr"
         for d in config["targets"]["datasets"]
-        for s in sequences_of(d)
+        for s in used_sequences(d)
     ]
 
 
@@ -577,7 +585,7 @@ def all_tracks(wildcards=None):
     return [
         f"results/{d}/tracks/{s}/index.json"
         for d in config["targets"]["datasets"]
-        for s in sequences_of(d)
+        for s in used_sequences(d)
     ]
 
 
