@@ -2,6 +2,7 @@
 
     snakemake --cores 2 --configfile workflow/overlays/davis2016-dev.yaml      # the pipeline run it reads
     python benchmarks/realvideo.py --dataset davis2016_dev [--frame-rule reference] [--query-every 4]
+    python benchmarks/realvideo.py --dataset davis2016_dev_tune davis2016_dev_confirm fbms59_sample --summary
 
 Reads what that run left under results/<dataset>/ and benchmarks/<dataset>/ (nothing is recomputed) and prints:
   * J and F (x100) per sequence and their mean over sequences, for every learned run, the flow baseline
@@ -13,6 +14,9 @@ Reads what that run left under results/<dataset>/ and benchmarks/<dataset>/ (not
     frame q that start inside (outside) the object, the fraction still inside (outside) the mask on the later
     annotated frames of their window where they are visible. A tracker that drifts off objects or leaks onto
     them lowers these; 1.0 is perfect.
+With several datasets (the halves of the development split, workflow/overlays/davis2016-dev-split.yaml, and the
+FBMS59 sample), it first prints their mean J / F side by side, one column per dataset, and what each learned run
+gains over flow_only and over the best no-learning row in each; `--summary` prints only that.
 """
 
 from __future__ import annotations
@@ -103,9 +107,33 @@ def label_consistency(results: Path, dataset: str, sequence: str, query_every: i
     }
 
 
+def side_by_side(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Mean over sequences of J and F (x100) per run, one column pair per dataset, plus the margins of every
+    learned run over flow_only and over the best no-learning row of its dataset."""
+    columns = {}
+    for dataset, table in tables.items():
+        means = table[["J", "F"]].groupby(level=0).mean()
+        fixed = [r for r in (*NO_LEARNING, "all-foreground") if r in means.index]
+        learned = [r for r in means.index if r not in fixed]
+        columns[(dataset, "J")] = means["J"]
+        columns[(dataset, "F")] = means["F"]
+        best_fixed = means.loc[fixed, "J"].max() if fixed else np.nan
+        columns[(dataset, "-best fixed")] = pd.Series({r: means.loc[r, "J"] - best_fixed for r in learned})
+        if "flow_only" in means.index:
+            columns[(dataset, "-flow_only")] = pd.Series(
+                {r: means.loc[r, "J"] - means.loc["flow_only", "J"] for r in learned if r != "flow_only"}
+            )
+    wide = pd.DataFrame(columns)
+    order = [r for r in wide.index if r not in (*NO_LEARNING, "all-foreground")]
+    order += [r for r in (*NO_LEARNING, "all-foreground") if r in wide.index]
+    return wide.loc[order]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dataset", required=True, help="dataset name under results/ (e.g. davis2016_dev)")
+    parser.add_argument("--dataset", required=True, nargs="+",
+                        help="dataset name(s) under results/ (e.g. davis2016_dev_tune davis2016_dev_confirm)")
+    parser.add_argument("--summary", action="store_true", help="only the side-by-side means of the datasets")
     parser.add_argument("--frame-rule", default="reference", choices=sorted(RULES), help="frames scored")
     parser.add_argument("--query-every", type=int, default=4, help="query frames checked for label consistency")
     parser.add_argument("--results", default="results", type=Path)
@@ -113,10 +141,20 @@ def main() -> None:
     args = parser.parse_args()
     pd.set_option("display.width", 200)
 
-    table = quality(read_metrics(args.results, args.dataset), args.frame_rule)
+    tables = {d: quality(read_metrics(args.results, d), args.frame_rule) for d in args.dataset}
+    if len(tables) > 1 or args.summary:
+        print(f"== mean J / F x100 over sequences ({args.frame_rule} frames); -best fixed, -flow_only: J margins")
+        print(side_by_side(tables).round(1).to_string(na_rep=""))
+    if not args.summary:
+        for dataset, table in tables.items():
+            report(args, dataset, table)
+
+
+def report(args: argparse.Namespace, dataset: str, table: pd.DataFrame) -> None:
+    """The full report of one dataset (module docstring)."""
     runs = list(dict.fromkeys(table.index.get_level_values(0)))
     learned = [r for r in runs if r not in (*NO_LEARNING, "all-foreground")]
-    print(f"== {args.dataset}: J / F x100 per sequence ({args.frame_rule} frames)")
+    print(f"\n== {dataset}: J / F x100 per sequence ({args.frame_rule} frames)")
     wide = table[["J", "F"]].unstack(0)
     wide.columns = [f"{run} {measure}" for measure, run in wide.columns]
     ordered = [f"{run} {m}" for run in learned + [*NO_LEARNING, "all-foreground"] for m in ("J", "F")]
@@ -135,7 +173,7 @@ def main() -> None:
         print(f"\nbest learned {best_learned} {means[f'{best_learned} J']:.1f} J vs best no-learning {best_fixed} "
               f"{means[f'{best_fixed} J']:.1f} J: margin {margin:+.1f}")
 
-    costs = stage_costs(args.benchmarks, args.dataset)
+    costs = stage_costs(args.benchmarks, dataset)
     print("\n== wall time and peak RSS per stage (Snakemake benchmark TSVs)")
     if len(costs):
         costs.loc["total"] = [costs["jobs"].sum(), costs["wall_s"].sum(), costs["peak_rss_mb"].max()]
@@ -144,7 +182,7 @@ def main() -> None:
     print("\n== track label consistency against the ground-truth masks")
     sequences = sorted(table.index.get_level_values(1).unique())
     consistency = pd.DataFrame(
-        {s: label_consistency(args.results, args.dataset, s, args.query_every) for s in sequences}
+        {s: label_consistency(args.results, dataset, s, args.query_every) for s in sequences}
     ).T
     consistency.loc["mean"] = consistency.mean()
     print(consistency.round(3).to_string())
