@@ -131,13 +131,18 @@ def check_runs():
         "allOf": [{"$ref": "#/$defs/train"}, {"$ref": "#/$defs/train_required"}],
     }
     for run, override in config["train"]["runs"].items():
-        try:
-            jsonschema.validate(merged(config["train"]["defaults"], override), whole)
-        except jsonschema.ValidationError as err:
-            path = ".".join(map(str, err.absolute_path))
-            raise ValueError(
-                f"train.runs.{run} (merged over train.defaults): {path}: {err.message}"
-            ) from err
+        for dataset, section in config["datasets"].items():
+            own = section["train"]
+            where = f" and datasets.{dataset}.train" if own else ""
+            try:
+                jsonschema.validate(
+                    merged(config["train"]["defaults"], own, override), whole
+                )
+            except jsonschema.ValidationError as err:
+                path = ".".join(map(str, err.absolute_path))
+                raise ValueError(
+                    f"train.runs.{run} (merged over train.defaults{where}): {path}: {err.message}"
+                ) from err
 
 
 check_runs()
@@ -312,12 +317,16 @@ def used_backbone_keys(model):
 
 
 def run_params(wildcards):
-    """The merged hyperparameters of one training run: train.defaults, then the dataset's own gaps (if any),
-    then train.runs.<run>."""
+    """The merged hyperparameters of one training run: train.defaults, then the dataset's own gaps (if any) and
+    training overrides (datasets.<d>.train), then train.runs.<run>."""
     gaps = dataset_gaps(wildcards.dataset)
     per_dataset = {} if gaps is None else {"data": {"gaps": gaps}}
+    own = config["datasets"][wildcards.dataset]["train"]
     params = merged(
-        config["train"]["defaults"], per_dataset, config["train"]["runs"][wildcards.run]
+        config["train"]["defaults"],
+        per_dataset,
+        own,
+        config["train"]["runs"][wildcards.run],
     )
     params["model"] = used_backbone_keys(params["model"])
     return params
