@@ -321,7 +321,7 @@ def test_a_training_run_is_checked_by_the_one_train_schema(workdir: Path) -> Non
     overlay = workdir / "runs.yaml"
     overlay.write_text("train: {runs: {full: {loss: {w_trj: 1.0}}}}\n")
     proc = snakemake(workdir, "-n", "--configfile", str(TEST_CONFIG), str(overlay), check=False)
-    assert proc.returncode != 0 and "'w_trj' was unexpected" in proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "train.runs.full.loss.w_trj: unknown config key" in proc.stdout + proc.stderr
     overlay.write_text("train: {runs: {full: {batch_items: two}}}\n")
     proc = snakemake(workdir, "-n", "--configfile", str(TEST_CONFIG), str(overlay), check=False)
     assert proc.returncode != 0 and "'two' is not of type 'integer'" in proc.stdout + proc.stderr

@@ -11,6 +11,7 @@ import yaml
 from snakemake.utils import update_config, validate
 
 import lrtl.datasets
+import lrtl.params
 from lrtl.cli import StageError
 from lrtl.settings import split_settings
 import lrtl.stores
@@ -77,10 +78,52 @@ def typed_config_values(value, schema, root):
     return value
 
 
+def config_files_setting(path):
+    """The config files (config.yaml and the --configfile overlays) that set the dotted key `path`."""
+    found = []
+    for name in workflow.configfiles:
+        try:
+            with open(name) as handle:
+                node = yaml.safe_load(handle)
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue
+        for part in path.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None:
+            relative = os.path.relpath(name)
+            found.append(str(name) if relative.startswith("..") else relative)
+    return found
+
+
+def validate_config():
+    """Check the merged config against the schema; each problem is one line naming its full key path (an unknown
+    key with the closest valid one), and the config files that set it."""
+    validator = jsonschema.validators.validator_for(SCHEMA)(SCHEMA)
+    errors = sorted(
+        validator.iter_errors(config), key=lambda err: list(map(str, err.absolute_path))
+    )
+    lines = []
+    for err in errors:
+        path = ".".join(map(str, err.absolute_path))
+        if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+            known = err.schema.get("properties", {})
+            keys = [f"{path}.{key}" if path else key for key in err.instance if key not in known]
+        else:
+            keys = [path]
+        files = list(dict.fromkeys(f for key in keys for f in config_files_setting(key)))
+        where = f" (set in {', '.join(files)})" if files else " (set with --config?)"
+        lines.append(lrtl.params.schema_error_message(err) + where)
+    if lines:
+        raise ValueError(
+            "\n".join(lines)
+            + "\nFix the config (every key is in config.yaml, checked by workflow/schemas/config.schema.yaml)"
+        )
+
+
 with open(CONFIG_SCHEMA) as handle:
     SCHEMA = yaml.safe_load(handle)
 config.update(typed_config_values(config, SCHEMA, SCHEMA))
-validate(config, CONFIG_SCHEMA)
+validate_config()
 
 PIPELINE_RUNS = list(config["train"]["runs"])
 BASELINE_RUN = "baseline"
@@ -134,9 +177,9 @@ def check_runs():
         try:
             jsonschema.validate(merged(config["train"]["defaults"], override), whole)
         except jsonschema.ValidationError as err:
-            path = ".".join(map(str, err.absolute_path))
             raise ValueError(
-                f"train.runs.{run} (merged over train.defaults): {path}: {err.message}"
+                lrtl.params.schema_error_message(err, f"train.runs.{run}")
+                + f" (train.runs.{run} merged over train.defaults)"
             ) from err
 
 
