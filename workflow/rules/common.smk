@@ -107,10 +107,16 @@ def validate_config():
         path = ".".join(map(str, err.absolute_path))
         if err.validator == "additionalProperties" and isinstance(err.instance, dict):
             known = err.schema.get("properties", {})
-            keys = [f"{path}.{key}" if path else key for key in err.instance if key not in known]
+            keys = [
+                f"{path}.{key}" if path else key
+                for key in err.instance
+                if key not in known
+            ]
         else:
             keys = [path]
-        files = list(dict.fromkeys(f for key in keys for f in config_files_setting(key)))
+        files = list(
+            dict.fromkeys(f for key in keys for f in config_files_setting(key))
+        )
         where = f" (set in {', '.join(files)})" if files else " (set with --config?)"
         lines.append(lrtl.params.schema_error_message(err) + where)
     if lines:
