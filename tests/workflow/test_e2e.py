@@ -12,7 +12,7 @@ import pytest
 import yaml
 import zarr
 
-from tests.workflow.conftest import TEST_CONFIG, job_counts, snakemake
+from tests.workflow.conftest import REPO, TEST_CONFIG, job_counts, snakemake
 
 pytestmark = pytest.mark.e2e
 
@@ -146,6 +146,53 @@ def test_readme_rerun_examples_plan_the_jobs_they_promise(finished_run: Path) ->
         proc = snakemake(finished_run, *args, "-n", "--configfile", str(TEST_CONFIG))
         planned = {rule: n for rule, n in job_counts(proc.stdout).items() if not rule.startswith("all")}
         assert planned == counts, (command, proc.stdout)
+
+
+def _copy_run(finished_run: Path, dest: Path) -> Path:
+    """A copy of the finished run (results, logs, Snakemake's records; time stamps kept) at dest."""
+    for name in ("results", "logs", "benchmarks", ".snakemake"):
+        shutil.copytree(finished_run / name, dest / name, symlinks=True)
+    return dest
+
+
+def test_a_deleted_track_chunk_is_rebuilt_alone_with_its_dependents(finished_run: Path, tmp_path: Path) -> None:
+    """Issue 22: every store a job reads is one of its inputs, so `snakemake` plans the deleted chunk, exactly what
+    reads it, and the rebuilt chunk equals the one deleted."""
+    run = _copy_run(finished_run, tmp_path / "run")
+    chunk = "results/synthetic/tracks/synth-000/chunk-001.zarr"
+    before = zarr.open_group(str(run / chunk), mode="r")
+    saved = {name: before[name][...] for name in before.array_keys()}
+    shutil.rmtree(run / chunk)
+    proc = snakemake(run, "-n", "--configfile", str(TEST_CONFIG))
+    learned = len(list((run / "results" / "synthetic" / "masks" / "full").glob("*.zarr")))
+    assert job_counts(proc.stdout) == {
+        "track_chunk": 1, "index_tracks": 1, "train_model": 1, "track_baseline_masks": 1, "infer_masks": learned,
+        "draw_pictures": learned + 1, "evaluate_sequence": learned + 1, "make_tables": 1, "all": 1}, proc.stdout
+    outputs = [line.split(":", 1)[1].strip() for line in proc.stdout.splitlines() if line.strip().startswith("output:")]
+    assert chunk in outputs and not [o for o in outputs if "/tracks/" in o and o not in (
+        chunk, "results/synthetic/tracks/synth-000/index.json")]
+    snakemake(run, chunk, "--cores", "1", "--configfile", str(TEST_CONFIG))  # the chunk alone, as before
+    after = zarr.open_group(str(run / chunk), mode="r")
+    assert sorted(after.array_keys()) == sorted(saved)
+    for name, values in saved.items():
+        assert (after[name][...] == values).all(), name
+
+
+def test_a_moved_checkout_reruns_nothing(finished_run: Path, tmp_path: Path) -> None:
+    """Issue 22: a checkout holding its results, copied elsewhere, plans no job: no input path names where the
+    workflow lives (make_tables' published.tsv was absolute)."""
+    checkout = tmp_path / "a" / "lrtl"
+    checkout.mkdir(parents=True)
+    for name in ("Snakefile", "config.yaml"):
+        shutil.copy2(REPO / name, checkout / name)
+    for name in ("workflow", "profiles"):
+        shutil.copytree(REPO / name, checkout / name)
+    _copy_run(finished_run, checkout)
+    snakemake(checkout, "--cores", "1", "--configfile", str(TEST_CONFIG), snakefile=checkout / "Snakefile")
+    moved = tmp_path / "b" / "elsewhere" / "lrtl"
+    shutil.copytree(checkout, moved, symlinks=True)
+    proc = snakemake(moved, "-n", "--configfile", str(TEST_CONFIG), snakefile=moved / "Snakefile")
+    assert "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout
 
 
 # Last: it deletes a flow store of the shared finished run.

@@ -329,11 +329,18 @@ def n_chunks(dataset, sequence):
     return math.ceil(n_frames / config["tracks"]["chunk_size"])
 
 
-def chunk_paths(wildcards):
+def sequence_chunks(dataset, sequence):
+    """The track chunk stores of one sequence."""
     return [
-        f"results/{wildcards.dataset}/tracks/{wildcards.sequence}/chunk-{c:03d}.zarr"
-        for c in range(n_chunks(wildcards.dataset, wildcards.sequence))
+        f"results/{dataset}/tracks/{sequence}/chunk-{c:03d}.zarr"
+        for c in range(n_chunks(dataset, sequence))
     ]
+
+
+def chunk_paths(wildcards):
+    """The track chunk stores of {sequence}: inputs of every job that reads them (through index.json too), so that
+    a deleted chunk is rebuilt before a job needs it."""
+    return sequence_chunks(wildcards.dataset, wildcards.sequence)
 
 
 # Backbone keys each backbone reads; the others are passed as null, so that editing them retrains nothing.
@@ -471,6 +478,7 @@ def train_inputs(wildcards):
         "frames": [f"results/{wildcards.dataset}/frames/{s}.zarr" for s in names],
         "flow": [f"results/{wildcards.dataset}/flow/{s}.zarr" for s in names],
         "tracks": [f"results/{wildcards.dataset}/tracks/{s}/index.json" for s in names],
+        "chunks": [c for s in names for c in sequence_chunks(wildcards.dataset, s)],
     }
     backbone = run_params(wildcards)["model"]["backbone"]
     if backbone["name"] != "small":
@@ -631,10 +639,12 @@ def all_flow(wildcards=None):
 
 
 def all_tracks(wildcards=None):
+    """Every chunk store and index.json: `all` asks for each, so a deleted chunk is rebuilt with its dependents."""
     return [
-        f"results/{d}/tracks/{s}/index.json"
+        path
         for d in config["targets"]["datasets"]
         for s in used_sequences(d)
+        for path in [*sequence_chunks(d, s), f"results/{d}/tracks/{s}/index.json"]
     ]
 
 
@@ -760,8 +770,12 @@ def check_tables_dir():
 check_tables_dir()
 
 
-# The published numbers Table 1 quotes (tables.quoted): shipped with the workflow, so found from its folder.
-PUBLISHED_NUMBERS = os.path.join(workflow.basedir, "workflow/resources/published.tsv")
+# The published numbers Table 1 quotes (tables.quoted): shipped with the workflow, so found from its folder, and
+# given relative to the working directory as every other input, so that moving or copying a checkout (with its
+# results/) reruns nothing ("Set of input files has changed" compares the paths).
+PUBLISHED_NUMBERS = os.path.relpath(
+    os.path.join(workflow.basedir, "workflow/resources/published.tsv")
+)
 RELEASED_TABLES_DIR = f"{TABLES_DIR}/{RELEASED_RUN}"  # the released checkpoints' tables (snakemake released)
 
 
