@@ -36,6 +36,17 @@ class FramesParams(Params):
     width: int   # frame width of the store, px
 
 
+MIN_FRAMES = 2  # flow, tracks and training pair frames
+
+
+def too_short(images: str | os.PathLike, n_frames: int) -> str:
+    """The message for a sequence with too few frames: the video or folder, and the rule."""
+    kind = "video" if datasets.is_video(images) else "image folder"
+    return (f"{images}: the {kind} has {n_frames} frame{'s' if n_frames != 1 else ''}; a sequence needs at least "
+            f"{MIN_FRAMES} frames, and more than its largest flow gap (flow.gaps, or datasets.<name>.gaps): add "
+            f"frames, or move it out of the dataset folder")
+
+
 def resize(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
     """uint8 [h, w, 3] -> uint8 [height, width, 3], Lanczos; aspect ratio not kept (as the reference)."""
     if rgb.shape[:2] == (height, width):
@@ -67,6 +78,8 @@ def run_frames(*, layout: str, images: str | os.PathLike, annotations: str | os.
             log.info("%s/%s: %d/%d frames read", dataset, sequence, len(read_names), len(names))
     if not rgb:
         raise StageError(f"{images}: empty sequence")
+    if len(rgb) < MIN_FRAMES:
+        raise StageError(too_short(images, len(rgb)))
     if len(gt_index) and gt_index.max() >= len(read_names):
         raise StageError(f"{annotations}: annotation for frame {gt_index.max()} but {images} has only "
                          f"{len(read_names)} frames")

@@ -232,6 +232,8 @@ def flow_name(gap: int) -> str:
 def write_flow(out: str | os.PathLike, flows: Mapping[int, np.ndarray], **attrs: Any) -> None:
     """flows: signed gap -> float32 [T, H, W, 2]; both directions of every gap must be present."""
     gaps = sorted({abs(g) for g in flows})
+    if not gaps:
+        raise ValueError(f"write_flow: no flow for {out} (a sequence of fewer than 2 frames has none)")
     missing = [g for a in gaps for g in (a, -a) if g not in flows]
     if missing:
         raise ValueError(f"write_flow: missing gaps {missing}")

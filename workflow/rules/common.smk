@@ -355,6 +355,36 @@ def dataset_gaps(dataset):
     return config["datasets"][dataset]["gaps"]
 
 
+def check_sequence_lengths():
+    """Every sequence a target builds has more frames than its largest flow gap (so at least 2): stop before any
+    job runs, naming the sequence, its video or folder, and the fix (lrtl.frames and lrtl.flow check it too).
+    """
+    for name in config["targets"]["datasets"]:
+        spec = config["datasets"][name]
+        key = f"datasets.{name}.gaps" if dataset_gaps(name) else "flow.gaps"
+        largest = max([1, *(dataset_gaps(name) or config["flow"]["gaps"])])
+        for sequence in used_sequences(name):
+            n_frames = SEQUENCES[name][sequence]["n_frames"]
+            if n_frames > largest:
+                continue
+            images = lrtl.datasets.sequence_sources(
+                spec["root"], spec["layout"], spec["resolution"], sequence
+            )["images"]
+            drop = (
+                f"drop its row from {spec['sheet']}"
+                if spec["sheet"]
+                else f"move it out of {spec['root']}"
+            )
+            raise ValueError(
+                f"{images}: sequence {sequence!r} of dataset {name} has {n_frames} frame(s); a sequence needs at "
+                f"least 2 frames, and more than its largest flow gap ({largest}, {key}): add frames, {drop}, "
+                f"or lower {key}"
+            )
+
+
+check_sequence_lengths()
+
+
 def used_backbone_keys(model):
     """A model section whose backbone keeps only the keys its backbone reads (the others null)."""
     backbone = model["backbone"]
