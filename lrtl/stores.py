@@ -6,7 +6,8 @@ frames   results/{dataset}/frames/{sequence}.zarr
     rgb       uint8   [T, H, W, 3]   frames at the configured resolution, chunk = one frame
     gt        bool    [A, Hg, Wg]    binary foreground at the annotation's native resolution (A may be 0)
     gt_index  int32   [A]            frame index of each annotation
-    attrs: dataset, sequence, n_frames, height, width, frame_names, source
+    attrs: dataset, sequence, n_frames, height, width, frame_names, source, missing_annotations (names of the
+           frames without a mask where the layout annotates every frame: allowed by datasets.<d>.missing_annotations)
 flow     results/{dataset}/flow/{sequence}.zarr
     forward_{g}   float32 [T, H, W, 2]   flow t -> t+g in pixels (u, v); rows t >= T-g are zero, invalid
     backward_{g}  float32 [T, H, W, 2]   flow t -> t-g; rows t < g are zero, invalid

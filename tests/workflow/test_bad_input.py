@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
+import yaml
 
-from tests.workflow.conftest import TEST_CONFIG, snakemake
+from tests.workflow.conftest import REPO, TEST_CONFIG, snakemake
 from tests.workflow.test_dag import _folder_dataset
 
 
@@ -72,3 +74,66 @@ def test_prepare_frames_and_compute_flow_refuse_too_short_sequences(tmp_path: Pa
     assert (f"{store}: 2 frame(s) of {tmp_path / 'videos' / 'two'}, but flow gap 2 needs more than 2: a sequence "
             "needs more frames than its largest flow gap") in capsys.readouterr().err
     assert not (tmp_path / "flow.zarr").exists()
+
+
+def _davis_dataset(tiny_dataset: dict, workdir: Path, missing_annotations: str) -> Path:
+    """The tiny synthetic sequences copied into the DAVIS layout under workdir/data, and an overlay targeting them."""
+    import shutil
+
+    root = workdir / "data" / "TinyDAVIS"
+    for folder in ("JPEGImages", "Annotations"):
+        if not (root / folder).exists():
+            shutil.copytree(tiny_dataset["root"] / folder, root / folder)
+    base = yaml.safe_load((REPO / "config.yaml").read_text())["datasets"]["davis2016"]
+    spec = {**base, "root": "data/TinyDAVIS", "resolution": tiny_dataset["resolution"], "sheet": "",
+            "train_splits": ["all"], "eval_splits": ["all"], "missing_annotations": missing_annotations,
+            "evaluate": {**base["evaluate"], "quoted_as": None}}
+    overlay = workdir / f"tinydavis-{missing_annotations}.yaml"
+    overlay.write_text(yaml.safe_dump({"targets": {"name": "tinydavis", "datasets": ["tinydavis"]},
+                                       "datasets": {"tinydavis": spec}, "frames": {"height": 32, "width": 48}}))
+    return overlay
+
+
+def test_missing_davis_masks_stop_the_run_naming_them_or_warn_in_the_tables(tiny_dataset, workdir: Path) -> None:
+    import numpy as np
+    import zarr
+
+    from lrtl import evaluate, stores
+    from lrtl.tables import main as tables_main
+    from tests.cli.test_tables_cli import PARAMS
+    from tests.conftest import config_section
+
+    overlay = _davis_dataset(tiny_dataset, workdir, "error")
+    frames = "results/tinydavis/frames/synth-000.zarr"
+    snakemake(workdir, frames, "--cores", "1", "--configfile", str(overlay))
+    masks = workdir / "data" / "TinyDAVIS" / "Annotations" / tiny_dataset["resolution"] / "synth-000"
+    for name in ("00003", "00005", "00007"):
+        (masks / f"{name}.png").unlink()
+    proc = snakemake(workdir, "-n", "--configfile", str(overlay), check=False)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    relative = f"data/TinyDAVIS/Annotations/{tiny_dataset['resolution']}/synth-000"
+    assert (f"{relative}: no mask for 3 of 12 frames ({relative}/00003.png, {relative}/00005.png, "
+            f"{relative}/00007.png); the davis layout annotates every frame. Restore the missing files, or set "
+            "datasets.tinydavis.missing_annotations: warn") in text
+    assert (workdir / frames / "zarr.json").is_file()  # nothing built is lost
+
+    overlay = _davis_dataset(tiny_dataset, workdir, "warn")  # the gaps allowed: scored, with a warning
+    snakemake(workdir, frames, "--cores", "1", "--configfile", str(overlay))
+    store = zarr.open_group(str(workdir / frames), mode="r")
+    assert store.attrs["missing_annotations"] == ["00003", "00005", "00007"] and store["gt_index"].shape == (9,)
+    masks_store, metrics = workdir / "masks.zarr", workdir / "metrics.tsv"  # evaluate_sequence's job, by hand
+    stores.write_baseline_masks(masks_store, np.full((12, 2, 8, 12), 0.5, np.float32), dict(store.attrs),
+                                "baseline", {})
+    evaluate.main(["--masks", str(masks_store), "--frames", str(workdir / frames), "--out", str(metrics),
+                   "--params", json.dumps(config_section("evaluate"))])
+    table = pd.read_csv(metrics, sep="\t")
+    assert len(table) == 9 and (table["annotations_missing"] == 3).all()
+    params = {**PARAMS, "datasets": {"tinydavis": {**PARAMS["datasets"]["seqwise"], "label": "TinyDAVIS"}},
+              "quoted": False, "ablations": {}}
+    tables = workdir / "tables"
+    tables_main(["--metrics", str(metrics), "--params", json.dumps(params), "--out-dir", str(tables),
+                 "--published", str(REPO / "workflow" / "resources" / "published.tsv")])
+    for name in ("summary.md", "table1.md", "per-sequence-tinydavis.md"):
+        assert ("**Warning: missing annotations.** tinydavis/synth-000 (3 frames): masks are missing"
+                in (tables / name).read_text()), name

@@ -385,6 +385,44 @@ def check_sequence_lengths():
 check_sequence_lengths()
 
 
+def check_annotations():
+    """In a downloaded layout that annotates every frame (DAVIS), every frame a target builds has its mask, unless
+    datasets.<d>.missing_annotations is warn: stop before any job runs (nothing built is touched), naming the
+    missing files (lrtl.frames checks it too). Synthetic datasets are written whole by make_synthetic.
+    """
+    problems = []
+    for name in config["targets"]["datasets"]:
+        spec = config["datasets"][name]
+        if (
+            spec["missing_annotations"] == "warn"
+            or spec["layout"] not in lrtl.datasets.DENSE_GT_LAYOUTS
+            or spec["layout"] == "synthetic"
+        ):
+            continue
+        for sequence in used_sequences(name):
+            sources = lrtl.datasets.sequence_sources(
+                spec["root"], spec["layout"], spec["resolution"], sequence
+            )
+            missing = lrtl.datasets.missing_annotations(
+                sources["images"], sources["annotations"], spec["layout"]
+            )
+            if missing:
+                problems.append(
+                    lrtl.datasets.missing_annotations_message(
+                        sources["annotations"],
+                        missing,
+                        SEQUENCES[name][sequence]["n_frames"],
+                        spec["layout"],
+                        name,
+                    )
+                )
+    if problems:
+        raise ValueError("\n".join(problems))
+
+
+check_annotations()
+
+
 def used_backbone_keys(model):
     """A model section whose backbone keeps only the keys its backbone reads (the others null)."""
     backbone = model["backbone"]
@@ -463,10 +501,14 @@ def raw_inputs(wildcards):
 
 
 def raw_flags(wildcards):
-    """`--images FOLDER [--annotations FOLDER]` of one sequence (the folders whose files raw_inputs lists)."""
-    return " ".join(
+    """`--images FOLDER [--annotations FOLDER]` of one sequence (the folders whose files raw_inputs lists), and
+    `--allow-missing-annotations` where datasets.<d>.missing_annotations is warn."""
+    flags = [
         f"--{name} {shlex.quote(path)}" for name, path in raw_sources(wildcards).items()
-    )
+    ]
+    if config["datasets"][wildcards.dataset]["missing_annotations"] == "warn":
+        flags.append("--allow-missing-annotations")
+    return " ".join(flags)
 
 
 def ground_truth_store(wildcards):
