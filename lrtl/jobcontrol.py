@@ -60,6 +60,8 @@ def hold_state_dir(state_dir: str | os.PathLike) -> Iterator[Path]:
                 f"would overwrite each other's resume state. Wait for it to finish, or stop it ({stop}) and rerun: "
                 f"the new job resumes from its last checkpoint"
             ) from err
+        except OSError as err:  # a file system without locks (e.g. Lustre mounted without -o flock)
+            log.warning("%s: cannot lock the state folder (%s); training without the one-trainer check", path, err)
         handle.seek(0)
         handle.truncate()
         handle.write(f"PID {os.getpid()} on {socket.gethostname()}, started "
