@@ -357,8 +357,9 @@ def dataset_gaps(dataset):
 
 def check_sequence_lengths():
     """Every sequence a target builds has more frames than its largest flow gap (so at least 2): stop before any
-    job runs, naming the sequence, its video or folder, and the fix (lrtl.frames and lrtl.flow check it too).
+    job runs, naming each such sequence, its video or folder, and the fix (lrtl.frames and lrtl.flow check it too).
     """
+    problems = []
     for name in config["targets"]["datasets"]:
         spec = config["datasets"][name]
         key = f"datasets.{name}.gaps" if dataset_gaps(name) else "flow.gaps"
@@ -375,11 +376,13 @@ def check_sequence_lengths():
                 if spec["sheet"]
                 else f"move it out of {spec['root']}"
             )
-            raise ValueError(
+            problems.append(
                 f"{images}: sequence {sequence!r} of dataset {name} has {n_frames} frame(s); a sequence needs at "
                 f"least 2 frames, and more than its largest flow gap ({largest}, {key}): add frames, {drop}, "
                 f"or lower {key}"
             )
+    if problems:
+        raise ValueError("\n".join(problems))
 
 
 check_sequence_lengths()
