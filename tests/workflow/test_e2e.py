@@ -159,6 +159,7 @@ def _copy_run(finished_run: Path, dest: Path) -> Path:
     return dest
 
 
+@pytest.mark.filterwarnings("ignore:Object at .snakemake_timestamp:UserWarning")  # Snakemake's marker in the store
 def test_a_deleted_track_chunk_is_rebuilt_alone_with_its_dependents(finished_run: Path, tmp_path: Path) -> None:
     """Issue 22: every store a job reads is one of its inputs, so `snakemake` plans the deleted chunk, exactly what
     reads it, and the rebuilt chunk equals the one deleted."""
