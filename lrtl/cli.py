@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -56,3 +57,14 @@ def run_stage(name: str, body: Callable[[argparse.Namespace], None], parser: arg
     except StageError as err:
         stage_log.error("%s", err)
         raise SystemExit(1) from err
+    except PermissionError as err:  # e.g. a write-protected results/ folder
+        stage_log.error("%s", permission_message(err))
+        raise SystemExit(1) from err
+
+
+def permission_message(err: PermissionError) -> str:
+    """One line for a file this user may not write (or read): the path, and the fix."""
+    path = err.filename or "a file of this stage"
+    folder = os.path.dirname(os.path.normpath(path)) or "."
+    return (f"{path}: {err.strerror or 'permission denied'} for this user (uid {os.getuid()}); make {folder} writable "
+            f"(e.g. chmod -R u+w {folder}) or run as its owner, then rerun: nothing else was changed")

@@ -323,6 +323,30 @@ def read_ground_truth(annotations: str | os.PathLike, layout: str, names: list[s
     return gt, np.asarray(order, dtype=np.int32)
 
 
+DENSE_GT_LAYOUTS = ("davis", "synthetic")  # layouts that annotate every frame (FBMS is sparse by design)
+
+
+def missing_annotations(images: str | os.PathLike, annotations: str | os.PathLike | None, layout: str) -> list[str]:
+    """Names of the frames without a mask, in a layout that promises one for every frame (DENSE_GT_LAYOUTS); [] for
+    the other layouts, without annotations, or when the annotation folder is missing (read_ground_truth says so).
+    Masks match frames by stem or frame number, as in read_ground_truth; nothing is decoded."""
+    if layout not in DENSE_GT_LAYOUTS or annotations is None or not Path(annotations).is_dir():
+        return []
+    stems = {_gt_stem(path.stem) for path in image_files(annotations)}
+    numbers = {_number(stem) for stem in stems} - {None}
+    return [name for name in frame_names(images) if name not in stems and _number(name) not in numbers]
+
+
+def missing_annotations_message(annotations: str | os.PathLike, missing: Sequence[str], n_frames: int, layout: str,
+                                dataset: str) -> str:
+    """The error for masks missing where the layout annotates every frame: the files, and the two fixes."""
+    shown = ", ".join(str(Path(annotations) / f"{name}.png") for name in missing[:6])
+    more = f" and {len(missing) - 6} more" if len(missing) > 6 else ""
+    return (f"{annotations}: no mask for {len(missing)} of {n_frames} frames ({shown}{more}); the {layout} layout "
+            f"annotates every frame. Restore the missing files, or set datasets.{dataset}.missing_annotations: warn "
+            f"to score the annotated frames only (the tables then warn about it)")
+
+
 def read_sequence(images: str | os.PathLike, annotations: str | os.PathLike | None, layout: str
                   ) -> tuple[list[str], Iterator[tuple[str, np.ndarray]], np.ndarray, np.ndarray]:
     """(frame names, iterator of (name, rgb uint8 [H, W, 3]), gt bool [A, Hg, Wg], gt_index int32 [A]).

@@ -19,6 +19,8 @@ TSV columns (one row per annotated frame, tab separated, written by pandas):
     j_0, j_1, j, chosen, f            J of merged mask 0 / 1, best-of-2 J, its index, F of that mask
     scored_reference, scored_official, scored_annotated    frame rules (bool)
     gt_fraction, j_all_foreground     GT area fraction; J of the "all foreground" baseline
+    annotations_missing               frames of the sequence without their mask where the layout annotates every
+                                      frame (datasets.<d>.missing_annotations: warn); lrtl.tables warns about them
     oracle_merge_do_not_use           DIAGNOSTIC ONLY: best J over every 2-partition of the K soft masks,
                                       chosen with GT (never a result)
 """
@@ -61,6 +63,7 @@ COLUMNS = [
     *(f"scored_{rule}" for rule in metrics.FRAME_RULES),
     "gt_fraction",
     "j_all_foreground",
+    "annotations_missing",
     "oracle_merge_do_not_use",
 ]
 
@@ -165,6 +168,7 @@ def run_evaluate(*, masks: str | Path, frames: str | Path, out: str | Path, para
     }
     for name, value in identity.items():
         table[name] = value
+    table["annotations_missing"] = len(frame_attrs.get("missing_annotations") or [])
     table = table.reindex(columns=COLUMNS)
     if len(table):
         log.info(

@@ -102,6 +102,12 @@ def run_flow(*, frames: str | os.PathLike, out: str | os.PathLike, params: FlowP
     n_frames, height, width, _ = rgb.shape
     attrs = dict(group.attrs)
     gaps = all_gaps(params.gaps)
+    if n_frames <= gaps[-1]:
+        raise StageError(
+            f"{frames}: {n_frames} frame(s) of {attrs.get('source')}, but flow gap {gaps[-1]} needs more than "
+            f"{gaps[-1]}: a sequence needs more frames than its largest flow gap; lower flow.gaps (or "
+            f"datasets.<name>.gaps), or move the sequence out of the dataset folder"
+        )
     cls = flow_backend(params.backend)
     backend = cls(rgb=rgb, params=params, weights=weights, ground_truth=ground_truth, flo_root=flo_root,
                   sequence=attrs.get("sequence", ""), frame_names=attrs.get("frame_names"))

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Self
 
 from lrtl.cli import StageError
@@ -25,6 +26,32 @@ def _nested_params(hint: Any) -> type[Params] | None:
 
 def _nullable(hint: Any) -> bool:
     return type(None) in typing.get_args(hint)
+
+
+def did_you_mean(key: str, known: Iterable[str]) -> str:
+    """"; did you mean `x`?" for the known key closest to a misspelt one (difflib), else ""."""
+    close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+    return f"; did you mean `{close[0]}`?" if close else ""
+
+
+def unknown_key_message(path: str, key: str, known: Iterable[str]) -> str:
+    """One line for an unknown config key: its full dotted path and the closest valid key, or the valid keys."""
+    known = sorted(known)
+    hint = did_you_mean(key, known) or f"; valid keys here: {', '.join(known)}"
+    return f"{'.'.join(p for p in (path, key) if p)}: unknown config key{hint}"
+
+
+def schema_error_message(err: Any, prefix: str = "") -> str:
+    """One line for a jsonschema ValidationError of the config: the full dotted key path and what is wrong
+    (for an unknown key, the closest valid one) instead of jsonschema's dump of the schema and the config."""
+    path = ".".join(str(part) for part in (*([prefix] if prefix else []), *err.absolute_path))
+    if err.validator == "additionalProperties" and isinstance(err.instance, Mapping):
+        known = err.schema.get("properties", {})
+        unknown = [key for key in err.instance if key not in known]
+        if unknown:
+            return "; ".join(unknown_key_message(path, str(key), known) for key in unknown)
+    message = err.message if len(err.message) <= 240 else err.message[:240] + " ..."
+    return f"{path or 'config'}: {message}"
 
 
 def require_active_backend(params: Any, section: str) -> None:

@@ -6,7 +6,8 @@ frames   results/{dataset}/frames/{sequence}.zarr
     rgb       uint8   [T, H, W, 3]   frames at the configured resolution, chunk = one frame
     gt        bool    [A, Hg, Wg]    binary foreground at the annotation's native resolution (A may be 0)
     gt_index  int32   [A]            frame index of each annotation
-    attrs: dataset, sequence, n_frames, height, width, frame_names, source
+    attrs: dataset, sequence, n_frames, height, width, frame_names, source, missing_annotations (names of the
+           frames without a mask where the layout annotates every frame: allowed by datasets.<d>.missing_annotations)
 flow     results/{dataset}/flow/{sequence}.zarr
     forward_{g}   float32 [T, H, W, 2]   flow t -> t+g in pixels (u, v); rows t >= T-g are zero, invalid
     backward_{g}  float32 [T, H, W, 2]   flow t -> t-g; rows t < g are zero, invalid
@@ -232,6 +233,8 @@ def flow_name(gap: int) -> str:
 def write_flow(out: str | os.PathLike, flows: Mapping[int, np.ndarray], **attrs: Any) -> None:
     """flows: signed gap -> float32 [T, H, W, 2]; both directions of every gap must be present."""
     gaps = sorted({abs(g) for g in flows})
+    if not gaps:
+        raise ValueError(f"write_flow: no flow for {out} (a sequence of fewer than 2 frames has none)")
     missing = [g for a in gaps for g in (a, -a) if g not in flows]
     if missing:
         raise ValueError(f"write_flow: missing gaps {missing}")

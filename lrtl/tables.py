@@ -435,6 +435,22 @@ def write_table(out_dir: Path, stem: str, frame: pd.DataFrame, title: str, pream
     return paths
 
 
+def missing_annotations_warning(table: pd.DataFrame) -> str:
+    """A warning naming the sequences scored without some of their masks (lrtl.evaluate's annotations_missing:
+    datasets.<d>.missing_annotations: warn), or "" when every frame their layout annotates had its mask."""
+    if table.empty or "annotations_missing" not in table.columns:
+        return ""
+    counts = table.groupby(["dataset", "sequence"])["annotations_missing"].max().fillna(0)
+    gaps = counts[counts > 0]
+    if gaps.empty:
+        return ""
+    listed = ", ".join(f"{dataset}/{sequence} ({int(n)} frames)" for (dataset, sequence), n in gaps.items())
+    return (f"**Warning: missing annotations.** {listed}: masks are missing for frames that the dataset's layout "
+            "annotates, so these sequences are scored on fewer frames than they have (allowed by "
+            "datasets.<name>.missing_annotations: warn; the frames are listed in the prepare_frames logs). Restore "
+            "the masks before comparing with published numbers.")
+
+
 def protocol_note(datasets: Mapping[str, DatasetTableParams]) -> str:
     lines = [
         "Numbers are J (region IoU) x100, and F (boundary F-measure, DAVIS definition) x100 where shown.",
@@ -492,7 +508,10 @@ def run_tables(
         table = pd.concat([table, all_foreground_rows(table)], ignore_index=True)
     out_dir = Path(out_dir)
     claim_out_dir(out_dir, list(datasets))
-    note = protocol_note(datasets)
+    warning = missing_annotations_warning(table)
+    if warning:
+        log.warning("%s", warning)
+    note = "\n\n".join(part for part in (warning, protocol_note(datasets)) if part)
     written: list[Path] = []
     main_table = table1(table, datasets, read_published(published_file) if settings.quoted else None)
     written += write_table(
@@ -532,7 +551,7 @@ def run_tables(
         bar_chart(path, chart, f"{rule.label}: per-sequence J ({rule.frame_rule} frames)", "J x100")
         written.append(path)
     summary = out_dir / "summary.md"
-    write_text(summary, summary_text(main_table, datasets))
+    write_text(summary, summary_text(main_table, datasets, warning))
     written.append(summary)
     log.info("wrote %d files to %s", len(written), out_dir)
     return written
@@ -557,11 +576,12 @@ def claim_out_dir(out_dir: Path, datasets: Sequence[str]) -> None:
     write_text(record, json.dumps({"datasets": list(datasets)}, indent=2) + "\n")
 
 
-def summary_text(main_table: pd.DataFrame, datasets: Mapping[str, DatasetTableParams]) -> str:
+def summary_text(main_table: pd.DataFrame, datasets: Mapping[str, DatasetTableParams], warning: str = "") -> str:
     ours = main_table[main_table["source"] != QUOTED_SOURCE] if not main_table.empty else main_table
     lines = [
         "# Summary",
         "",
+        *([warning, ""] if warning else []),
         "J x100 of every row computed by lrtl (our runs and any released checkpoints; `source` says which). "
         "See table1.md for quoted published numbers and the protocol.",
         "",

@@ -40,6 +40,7 @@ from lrtl import losses
 from lrtl.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 from lrtl.cli import StageError, add_settings_argument, json_params, run_stage
 from lrtl.data import TrainItems, flatten_batch, load_sequence, make_loader
+from lrtl.jobcontrol import hold_state_dir, stop_with_controller
 from lrtl.model import build_model
 from lrtl.model_inputs import input_kinds, model_input
 from lrtl.pictures import write_curve
@@ -413,17 +414,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         params = parse_params(merge_settings(args.params, args.settings))
         limit_threads(args.threads, torch_too=True)
         apply_determinism(params)
-        run_train(
-            frames=args.frames,
-            flow=args.flow,
-            tracks=args.tracks,
-            params=params,
-            state_dir=args.state_dir,
-            out=args.out,
-            metrics=args.metrics,
-            curve=args.curve,
-            best=args.best,
-        )
+        with hold_state_dir(args.state_dir):  # one live trainer per state folder
+            stop_with_controller()  # a killed snakemake does not leave its trainer running
+            run_train(
+                frames=args.frames,
+                flow=args.flow,
+                tracks=args.tracks,
+                params=params,
+                state_dir=args.state_dir,
+                out=args.out,
+                metrics=args.metrics,
+                curve=args.curve,
+                best=args.best,
+            )
 
     run_stage("train", body, build_parser(), argv)
 

@@ -338,6 +338,7 @@ def davis_dry_runs(tmp_path_factory):
         (root / "JPEGImages" / "480p" / name).mkdir(parents=True)
         (root / "JPEGImages" / "480p" / name / "00000.jpg").touch()
         (root / "Annotations" / "480p" / name).mkdir(parents=True)
+        (root / "Annotations" / "480p" / name / "00000.png").touch()  # its mask: DAVIS annotates every frame
     overlay = workdir / "davis.yaml"
     overlay.write_text(
         "targets: {datasets: [davis2016], runs: [full]}\n"

@@ -191,3 +191,15 @@ def test_fbms_sample_sparse_ground_truth():
     np.testing.assert_array_equal(gt_index, [0, 19, 39, 59, 79, 99])  # 1-based files 1, 20, ..., 100
     assert gt.shape == (6, 540, 960)
     assert all(0.01 < m.mean() < 0.5 for m in gt)
+
+
+def test_missing_annotations_are_gaps_only_where_the_layout_annotates_every_frame(tmp_path):
+    """DAVIS promises a mask per frame (a gap is listed); FBMS's sparse ground truth is normal (nothing listed)."""
+    images, masks = tmp_path / "JPEGImages" / "480p" / "s", tmp_path / "Annotations" / "480p" / "s"
+    for t in range(5):
+        _write(images / f"{t:05d}.jpg", _frame())
+        if t != 3:
+            _write(masks / f"{t:05d}.png", np.zeros((24, 32), np.uint8))
+    assert datasets.missing_annotations(images, masks, "davis") == ["00003"]
+    assert datasets.missing_annotations(images, masks, "fbms") == []
+    assert datasets.missing_annotations(images, None, "davis") == []

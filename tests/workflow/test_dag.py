@@ -94,6 +94,7 @@ def test_davis_sheet_dry_run_builds_the_paper_dag(workdir: Path) -> None:
         (root / "JPEGImages" / "480p" / name).mkdir(parents=True)
         (root / "JPEGImages" / "480p" / name / "00000.jpg").touch()  # a dry run never reads it
         (root / "Annotations" / "480p" / name).mkdir(parents=True)
+        (root / "Annotations" / "480p" / name / "00000.png").touch()  # its mask: DAVIS annotates every frame
     overlay = workdir / "davis.yaml"
     overlay.write_text(
         f"targets: {{datasets: [davis2016], runs: [full]}}\ndatasets: {{davis2016: {{root: {str(root)!r}}}}}\n"
@@ -121,6 +122,7 @@ def _paper_layouts(workdir: Path) -> tuple[list[list[str]], list[list[str]]]:
         (data / "DAVIS2016" / "JPEGImages" / "480p" / name).mkdir(parents=True)
         (data / "DAVIS2016" / "JPEGImages" / "480p" / name / "00000.jpg").touch()
         (data / "DAVIS2016" / "Annotations" / "480p" / name).mkdir(parents=True)
+        (data / "DAVIS2016" / "Annotations" / "480p" / name / "00000.png").touch()
     stv2 = _sheet_rows("segtrackv2")
     for i, (name, _, _) in enumerate(stv2):
         (data / "SegTrackv2" / "JPEGImages" / name).mkdir(parents=True)
@@ -321,7 +323,7 @@ def test_a_training_run_is_checked_by_the_one_train_schema(workdir: Path) -> Non
     overlay = workdir / "runs.yaml"
     overlay.write_text("train: {runs: {full: {loss: {w_trj: 1.0}}}}\n")
     proc = snakemake(workdir, "-n", "--configfile", str(TEST_CONFIG), str(overlay), check=False)
-    assert proc.returncode != 0 and "'w_trj' was unexpected" in proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "train.runs.full.loss.w_trj: unknown config key" in proc.stdout + proc.stderr
     overlay.write_text("train: {runs: {full: {batch_items: two}}}\n")
     proc = snakemake(workdir, "-n", "--configfile", str(TEST_CONFIG), str(overlay), check=False)
     assert proc.returncode != 0 and "'two' is not of type 'integer'" in proc.stdout + proc.stderr

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import math
+import os
+import pwd
 import shlex
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -12,7 +16,7 @@ import pytest
 import yaml
 import zarr
 
-from tests.workflow.conftest import TEST_CONFIG, job_counts, snakemake
+from tests.workflow.conftest import REPO, TEST_CONFIG, job_counts, snakemake
 
 pytestmark = pytest.mark.e2e
 
@@ -146,6 +150,116 @@ def test_readme_rerun_examples_plan_the_jobs_they_promise(finished_run: Path) ->
         proc = snakemake(finished_run, *args, "-n", "--configfile", str(TEST_CONFIG))
         planned = {rule: n for rule, n in job_counts(proc.stdout).items() if not rule.startswith("all")}
         assert planned == counts, (command, proc.stdout)
+
+
+def _copy_run(finished_run: Path, dest: Path) -> Path:
+    """A copy of the finished run (results, logs, Snakemake's records; time stamps kept) at dest."""
+    for name in ("results", "logs", "benchmarks", ".snakemake"):
+        shutil.copytree(finished_run / name, dest / name, symlinks=True)
+    return dest
+
+
+@pytest.mark.filterwarnings("ignore:Object at .snakemake_timestamp:UserWarning")  # Snakemake's marker in the store
+def test_a_deleted_track_chunk_is_rebuilt_alone_with_its_dependents(finished_run: Path, tmp_path: Path) -> None:
+    """Issue 22: every store a job reads is one of its inputs, so `snakemake` plans the deleted chunk, exactly what
+    reads it, and the rebuilt chunk equals the one deleted."""
+    run = _copy_run(finished_run, tmp_path / "run")
+    chunk = "results/synthetic/tracks/synth-000/chunk-001.zarr"
+    before = zarr.open_group(str(run / chunk), mode="r")
+    saved = {name: before[name][...] for name in before.array_keys()}
+    shutil.rmtree(run / chunk)
+    proc = snakemake(run, "-n", "--configfile", str(TEST_CONFIG))
+    learned = len(list((run / "results" / "synthetic" / "masks" / "full").glob("*.zarr")))
+    assert job_counts(proc.stdout) == {
+        "track_chunk": 1, "index_tracks": 1, "train_model": 1, "track_baseline_masks": 1, "infer_masks": learned,
+        "draw_pictures": learned + 1, "evaluate_sequence": learned + 1, "make_tables": 1, "all": 1}, proc.stdout
+    outputs = [line.split(":", 1)[1].strip() for line in proc.stdout.splitlines() if line.strip().startswith("output:")]
+    assert chunk in outputs and not [o for o in outputs if "/tracks/" in o and o not in (
+        chunk, "results/synthetic/tracks/synth-000/index.json")]
+    snakemake(run, chunk, "--cores", "1", "--configfile", str(TEST_CONFIG))  # the chunk alone, as before
+    after = zarr.open_group(str(run / chunk), mode="r")
+    assert sorted(after.array_keys()) == sorted(saved)
+    for name, values in saved.items():
+        assert (after[name][...] == values).all(), name
+
+
+def test_a_moved_checkout_reruns_nothing(finished_run: Path, tmp_path: Path) -> None:
+    """Issue 22: a checkout holding its results, copied elsewhere, plans no job: no input path names where the
+    workflow lives (make_tables' published.tsv was absolute)."""
+    checkout = tmp_path / "a" / "lrtl"
+    checkout.mkdir(parents=True)
+    for name in ("Snakefile", "config.yaml"):
+        shutil.copy2(REPO / name, checkout / name)
+    for name in ("workflow", "profiles"):
+        shutil.copytree(REPO / name, checkout / name)
+    _copy_run(finished_run, checkout)
+    snakemake(checkout, "--cores", "1", "--configfile", str(TEST_CONFIG), snakefile=checkout / "Snakefile")
+    moved = tmp_path / "b" / "elsewhere" / "lrtl"
+    shutil.copytree(checkout, moved, symlinks=True)
+    proc = snakemake(moved, "-n", "--configfile", str(TEST_CONFIG), snakefile=moved / "Snakefile")
+    assert "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout
+
+
+def _as_another_user(home: Path) -> tuple[list[str], int, int] | None:
+    """(command prefix, uid, gid) that runs a command as a non-root user, or None where the machine allows none.
+
+    Not root: the current user. Root (CI): `nobody` through setpriv, keeping only CAP_DAC_READ_SEARCH so that it can
+    read the interpreter and the checkout under root's folders; writes are checked as for any user."""
+    if os.geteuid() != 0:
+        return [], os.getuid(), os.getgid()
+    if not shutil.which("setpriv"):
+        return None
+    try:
+        nobody = pwd.getpwnam("nobody")
+    except KeyError:
+        return None
+    prefix = ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups",
+              "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search", "env", f"HOME={home}",
+              f"PATH={Path(sys.executable).parent}:{os.environ.get('PATH', '')}"]
+    probe = subprocess.run([*prefix, sys.executable, "-c", "import os; print(os.geteuid())"], capture_output=True,
+                           text=True)
+    if probe.returncode != 0 or probe.stdout.strip() != str(nobody.pw_uid):
+        return None
+    return prefix, nobody.pw_uid, nobody.pw_gid
+
+
+def test_a_read_only_results_folder_stops_jobs_naming_the_path_and_keeps_every_store(finished_run: Path,
+                                                                                     tmp_path: Path) -> None:
+    """As a non-root user (root writes through a-w): an existing output is refused before anything runs, a new
+    one fails in one line naming the folder and the fix, nothing built is lost, and the rerun after the fix works."""
+    found = _as_another_user(tmp_path / "home")
+    if found is None:
+        pytest.skip("running as root with no way to drop privileges here (setpriv and a nobody user)")
+    prefix, uid, gid = found
+    run = _copy_run(finished_run, tmp_path / "run")
+    folder = "results/synthetic/tracks/synth-000"
+    shutil.rmtree(run / folder / "chunk-001.zarr")
+    (tmp_path / "home").mkdir()
+    for path in [tmp_path / "home", run, *run.rglob("*")]:
+        os.lchown(path, uid, gid)
+    kept = sorted(p.relative_to(run) for p in (run / "results").rglob("*"))
+    for path in (run / "results").rglob("*"):
+        if not path.is_symlink():
+            path.chmod(path.stat().st_mode & ~0o222)
+
+    def user_snakemake(*args: str) -> subprocess.CompletedProcess:
+        cmd = [*prefix, sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(run), *args,
+               "--configfile", str(TEST_CONFIG)]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+    forced = user_snakemake("--cores", "1", "-f", f"{folder}/chunk-000.zarr")
+    assert forced.returncode != 0 and "Write-protected output files for rule track_chunk" in forced.stderr
+    new = user_snakemake("--cores", "1", f"{folder}/chunk-001.zarr")
+    assert new.returncode != 0
+    log = (run / "logs" / "synthetic" / "tracks" / "synth-000" / "chunk-001.log").read_text()
+    assert (f"{folder}/chunk-001.zarr.partial: Permission denied for this user (uid {uid}); make {folder} writable "
+            f"(e.g. chmod -R u+w {folder}) or run as its owner") in log
+    assert "Traceback" not in log
+    assert sorted(p.relative_to(run) for p in (run / "results").rglob("*")) == kept  # nothing built is lost
+    subprocess.run([*prefix, "chmod", "-R", "u+w", str(run / "results")], check=True)  # the fix, as that user
+    rerun = user_snakemake("--cores", "1", f"{folder}/chunk-001.zarr")
+    assert rerun.returncode == 0, rerun.stderr
+    assert (run / folder / "chunk-001.zarr" / "zarr.json").is_file()
 
 
 # Last: it deletes a flow store of the shared finished run.

@@ -11,6 +11,7 @@ import yaml
 from snakemake.utils import update_config, validate
 
 import lrtl.datasets
+import lrtl.params
 from lrtl.cli import StageError
 from lrtl.settings import split_settings
 import lrtl.stores
@@ -77,10 +78,58 @@ def typed_config_values(value, schema, root):
     return value
 
 
+def config_files_setting(path):
+    """The config files (config.yaml and the --configfile overlays) that set the dotted key `path`."""
+    found = []
+    for name in workflow.configfiles:
+        try:
+            with open(name) as handle:
+                node = yaml.safe_load(handle)
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue
+        for part in path.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None:
+            relative = os.path.relpath(name)
+            found.append(str(name) if relative.startswith("..") else relative)
+    return found
+
+
+def validate_config():
+    """Check the merged config against the schema; each problem is one line naming its full key path (an unknown
+    key with the closest valid one), and the config files that set it."""
+    validator = jsonschema.validators.validator_for(SCHEMA)(SCHEMA)
+    errors = sorted(
+        validator.iter_errors(config), key=lambda err: list(map(str, err.absolute_path))
+    )
+    lines = []
+    for err in errors:
+        path = ".".join(map(str, err.absolute_path))
+        if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+            known = err.schema.get("properties", {})
+            keys = [
+                f"{path}.{key}" if path else key
+                for key in err.instance
+                if key not in known
+            ]
+        else:
+            keys = [path]
+        files = list(
+            dict.fromkeys(f for key in keys for f in config_files_setting(key))
+        )
+        where = f" (set in {', '.join(files)})" if files else " (set with --config?)"
+        lines.append(lrtl.params.schema_error_message(err) + where)
+    if lines:
+        raise ValueError(
+            "\n".join(lines)
+            + "\nFix the config (every key is in config.yaml, checked by workflow/schemas/config.schema.yaml)"
+        )
+
+
 with open(CONFIG_SCHEMA) as handle:
     SCHEMA = yaml.safe_load(handle)
 config.update(typed_config_values(config, SCHEMA, SCHEMA))
-validate(config, CONFIG_SCHEMA)
+validate_config()
 
 PIPELINE_RUNS = list(config["train"]["runs"])
 BASELINE_RUN = "baseline"
@@ -139,9 +188,9 @@ def check_runs():
                     merged(config["train"]["defaults"], own, override), whole
                 )
             except jsonschema.ValidationError as err:
-                path = ".".join(map(str, err.absolute_path))
                 raise ValueError(
-                    f"train.runs.{run} (merged over train.defaults{where}): {path}: {err.message}"
+                    lrtl.params.schema_error_message(err, f"train.runs.{run}")
+                    + f" (train.runs.{run} merged over train.defaults{where})"
                 ) from err
 
 
@@ -285,11 +334,18 @@ def n_chunks(dataset, sequence):
     return math.ceil(n_frames / config["tracks"]["chunk_size"])
 
 
-def chunk_paths(wildcards):
+def sequence_chunks(dataset, sequence):
+    """The track chunk stores of one sequence."""
     return [
-        f"results/{wildcards.dataset}/tracks/{wildcards.sequence}/chunk-{c:03d}.zarr"
-        for c in range(n_chunks(wildcards.dataset, wildcards.sequence))
+        f"results/{dataset}/tracks/{sequence}/chunk-{c:03d}.zarr"
+        for c in range(n_chunks(dataset, sequence))
     ]
+
+
+def chunk_paths(wildcards):
+    """The track chunk stores of {sequence}: inputs of every job that reads them (through index.json too), so that
+    a deleted chunk is rebuilt before a job needs it."""
+    return sequence_chunks(wildcards.dataset, wildcards.sequence)
 
 
 # Backbone keys each backbone reads; the others are passed as null, so that editing them retrains nothing.
@@ -302,6 +358,77 @@ BACKBONE_KEYS = {
 def dataset_gaps(dataset):
     """datasets.<d>.gaps (paper FBMS [3, 6]): the flow gaps of this dataset's training items, or None."""
     return config["datasets"][dataset]["gaps"]
+
+
+def check_sequence_lengths():
+    """Every sequence a target builds has more frames than its largest flow gap (so at least 2): stop before any
+    job runs, naming each such sequence, its video or folder, and the fix (lrtl.frames and lrtl.flow check it too).
+    """
+    problems = []
+    for name in config["targets"]["datasets"]:
+        spec = config["datasets"][name]
+        key = f"datasets.{name}.gaps" if dataset_gaps(name) else "flow.gaps"
+        largest = max([1, *(dataset_gaps(name) or config["flow"]["gaps"])])
+        for sequence in used_sequences(name):
+            n_frames = SEQUENCES[name][sequence]["n_frames"]
+            if n_frames > largest:
+                continue
+            images = lrtl.datasets.sequence_sources(
+                spec["root"], spec["layout"], spec["resolution"], sequence
+            )["images"]
+            drop = (
+                f"drop its row from {spec['sheet']}"
+                if spec["sheet"]
+                else f"move it out of {spec['root']}"
+            )
+            problems.append(
+                f"{images}: sequence {sequence!r} of dataset {name} has {n_frames} frame(s); a sequence needs at "
+                f"least 2 frames, and more than its largest flow gap ({largest}, {key}): add frames, {drop}, "
+                f"or lower {key}"
+            )
+    if problems:
+        raise ValueError("\n".join(problems))
+
+
+check_sequence_lengths()
+
+
+def check_annotations():
+    """In a downloaded layout that annotates every frame (DAVIS), every frame a target builds has its mask, unless
+    datasets.<d>.missing_annotations is warn: stop before any job runs (nothing built is touched), naming the
+    missing files (lrtl.frames checks it too). Synthetic datasets are written whole by make_synthetic.
+    """
+    problems = []
+    for name in config["targets"]["datasets"]:
+        spec = config["datasets"][name]
+        if (
+            spec["missing_annotations"] == "warn"
+            or spec["layout"] not in lrtl.datasets.DENSE_GT_LAYOUTS
+            or spec["layout"] == "synthetic"
+        ):
+            continue
+        for sequence in used_sequences(name):
+            sources = lrtl.datasets.sequence_sources(
+                spec["root"], spec["layout"], spec["resolution"], sequence
+            )
+            missing = lrtl.datasets.missing_annotations(
+                sources["images"], sources["annotations"], spec["layout"]
+            )
+            if missing:
+                problems.append(
+                    lrtl.datasets.missing_annotations_message(
+                        sources["annotations"],
+                        missing,
+                        SEQUENCES[name][sequence]["n_frames"],
+                        spec["layout"],
+                        name,
+                    )
+                )
+    if problems:
+        raise ValueError("\n".join(problems))
+
+
+check_annotations()
 
 
 def used_backbone_keys(model):
@@ -386,10 +513,14 @@ def raw_inputs(wildcards):
 
 
 def raw_flags(wildcards):
-    """`--images FOLDER [--annotations FOLDER]` of one sequence (the folders whose files raw_inputs lists)."""
-    return " ".join(
+    """`--images FOLDER [--annotations FOLDER]` of one sequence (the folders whose files raw_inputs lists), and
+    `--allow-missing-annotations` where datasets.<d>.missing_annotations is warn."""
+    flags = [
         f"--{name} {shlex.quote(path)}" for name, path in raw_sources(wildcards).items()
-    )
+    ]
+    if config["datasets"][wildcards.dataset]["missing_annotations"] == "warn":
+        flags.append("--allow-missing-annotations")
+    return " ".join(flags)
 
 
 def ground_truth_store(wildcards):
@@ -431,6 +562,7 @@ def train_inputs(wildcards):
         "frames": [f"results/{wildcards.dataset}/frames/{s}.zarr" for s in names],
         "flow": [f"results/{wildcards.dataset}/flow/{s}.zarr" for s in names],
         "tracks": [f"results/{wildcards.dataset}/tracks/{s}/index.json" for s in names],
+        "chunks": [c for s in names for c in sequence_chunks(wildcards.dataset, s)],
     }
     backbone = run_params(wildcards)["model"]["backbone"]
     if backbone["name"] != "small":
@@ -591,10 +723,12 @@ def all_flow(wildcards=None):
 
 
 def all_tracks(wildcards=None):
+    """Every chunk store and index.json: `all` asks for each, so a deleted chunk is rebuilt with its dependents."""
     return [
-        f"results/{d}/tracks/{s}/index.json"
+        path
         for d in config["targets"]["datasets"]
         for s in used_sequences(d)
+        for path in [*sequence_chunks(d, s), f"results/{d}/tracks/{s}/index.json"]
     ]
 
 
@@ -720,8 +854,12 @@ def check_tables_dir():
 check_tables_dir()
 
 
-# The published numbers Table 1 quotes (tables.quoted): shipped with the workflow, so found from its folder.
-PUBLISHED_NUMBERS = os.path.join(workflow.basedir, "workflow/resources/published.tsv")
+# The published numbers Table 1 quotes (tables.quoted): shipped with the workflow, so found from its folder, and
+# given relative to the working directory as every other input, so that moving or copying a checkout (with its
+# results/) reruns nothing ("Set of input files has changed" compares the paths).
+PUBLISHED_NUMBERS = os.path.relpath(
+    os.path.join(workflow.basedir, "workflow/resources/published.tsv")
+)
 RELEASED_TABLES_DIR = f"{TABLES_DIR}/{RELEASED_RUN}"  # the released checkpoints' tables (snakemake released)
 
 

@@ -84,6 +84,7 @@ rule track_baseline_masks:
     input:
         frames="results/{dataset}/frames/{sequence}.zarr",
         tracks="results/{dataset}/tracks/{sequence}/index.json",
+        chunks=chunk_paths,  # read through index.json
     output:
         directory("results/{dataset}/masks/baseline_tracks/{sequence}.zarr"),
     log:
