@@ -239,6 +239,18 @@ class ParallaxScene:
         """Nearest surface index uint8 [...] at points xy [..., 2] of `frame` (0 = sky, then planes, objects)."""
         return self._hits(frame, xy)[0]
 
+    def surface_map(self, frame: int) -> np.ndarray:
+        """Surface index per pixel uint8 [H, W] (0 = sky, then the planes, then the objects)."""
+        return self._grid_hits(frame)[0]
+
+    def surface_name(self, surface: int) -> str:
+        """sky, ground, hillside, slab or object."""
+        return "sky" if surface == SKY else self._surfaces[surface - 1].get("name", "object")
+
+    def canvas_mask(self, object_id: int) -> np.ndarray:
+        """Canonical mask bool [h, w] of object `object_id` (1-based) on its canvas."""
+        return self._masks[self._first_object + object_id - 1]
+
     def object_ids(self, frame: int) -> np.ndarray:
         """Object id per pixel uint8 [H, W] (0 = the static scene)."""
         return self.object_of(self._grid_hits(frame)[0])
@@ -363,8 +375,10 @@ def _plane_texture(rng: np.random.Generator, size: int, hue: float, saturation: 
 
 
 def _camera(rng: np.random.Generator, p: ParallaxParams, n: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """(rotations [T] 3x3 world -> camera, centres [T] 3) of a camera that travels mostly sideways at a constant
-    velocity and keeps looking at a (slowly drifting) point ahead, rolling slightly: the middle frame is at 0."""
+    """(rotations [T] 3x3 world -> camera, centres [T] 3) of a camera that travels mostly sideways, its speed
+    and height swaying (camera_shake), and keeps looking at a (slowly drifting) point ahead, rolling slightly; it
+    is at 0 at the middle frame. The sway makes its path non-linear in time: tracks of a rigid scene then span
+    more than the 4 dimensions every constant-velocity motion shares, and objects moving otherwise stand out."""
     speed = rng.uniform(*p.camera_speed)
     side = 1.0 if rng.uniform() < 0.5 else -1.0
     heading = math.radians(rng.uniform(-1, 1) * p.camera_heading)
@@ -375,7 +389,12 @@ def _camera(rng: np.random.Generator, p: ParallaxParams, n: int) -> tuple[list[n
     drift = speed * np.array([rng.uniform(-0.3, 0.3), 0.0, 0.0])  # the followed point moves a little
     roll_rate = math.radians(rng.uniform(-1, 1) * p.camera_roll)
     mid = (n - 1) / 2
-    centres = [velocity * (t - mid) for t in range(n)]
+    omega = 2 * np.pi / rng.uniform(15, 40, 2)  # [2] rad/frame of the speed and height sways
+    phase = rng.uniform(0, 2 * np.pi, 2)
+    sway = p.camera_shake * speed / omega  # [2] amplitudes (units): speed varies by +-camera_shake
+    centres = [velocity * (t - mid) + sway[0] * math.sin(omega[0] * (t - mid) + phase[0]) * velocity / speed
+               + np.array([0.0, sway[1] * math.sin(omega[1] * (t - mid) + phase[1]), 0.0]) for t in range(n)]
+    centres = [c - centres[int(mid)] for c in centres]
     rotations = [_look_at(centres[t], target + drift * (t - mid), roll_rate * (t - mid)) for t in range(n)]
     return rotations, centres
 
@@ -440,15 +459,22 @@ def _object(rng: np.random.Generator, params: SyntheticParams, k: int, n_obj: in
     # the top of the frame
     shrink = min(1.0, max(0.5, (y0 - 0.08 * h) / canvas_h))
     ppu = focal / depth / shrink
-    velocity = speed * np.array([math.cos(heading), 0.5 * math.sin(heading)])
+    turn = rng.uniform(-0.03, 0.03) if mode == "inside" else 0.0  # rad/frame: the path in the image curves
+    steps = [speed * np.array([math.cos(heading + turn * t), 0.5 * math.sin(heading + turn * t)]) for t in range(n)]
+    path = np.cumsum([np.zeros(2)] + steps[:-1], axis=0)  # [T, 2] foot displacement from frame 0
+    path = path - path[int(anchor)] + np.array([x0, y0])
+    hop = rng.uniform(0, p.object_hop) * canvas_h / ppu  # units: it hops (a smooth lift off the ground)
+    hop_omega, hop_phase = 2 * np.pi / rng.uniform(8, 20), rng.uniform(0, 2 * np.pi)
     spin = math.radians(rng.uniform(-1, 1) * params.object_rotation)
     yaw0 = math.atan2(rotations[mid][0, 2], rotations[mid][0, 0]) + rng.uniform(-0.5, 0.5)  # about the view's right
     limit = math.radians(50)
     origins, us = [], []
     for t in range(n):
-        foot = np.array([x0, y0]) + velocity * (t - anchor)
+        foot = path[t].copy()
         foot[1] = np.clip(foot[1], min(rows), max(rows))
-        origins.append(_ground_hit(rotations[t], centres[t], focal, principal, foot, ground_y).tolist())
+        lift = hop * math.sin(hop_omega * t + hop_phase) ** 2
+        origins.append((_ground_hit(rotations[t], centres[t], focal, principal, foot, ground_y)
+                        - lift * DOWN).tolist())
         yaw = yaw0 + float(np.clip(spin * (t - mid), -limit, limit))
         us.append([math.cos(yaw), 0.0, math.sin(yaw)])
     return {
@@ -489,20 +515,22 @@ def generate_parallax_scene(params: SyntheticParams, index: int, rng: np.random.
     ground_y = p.camera_height
     hue = rng.uniform(0, 360)
     planes = []
-    # the ground: y = camera height, texture in (x, z), one texture px is about one image px at depth 4; the
-    # texture (it repeats) is centred on the middle frame's view
-    ppu = focal / 4
+    # textures repeat; their sizes (powers of 2) follow the frame width
+    tile = 2 ** math.ceil(math.log2(2 * w))
+    # the ground: y = camera height, texture in (x, z), one texture px is about one image px at depth 5, the
+    # texture centred on the middle frame's view
+    ppu = focal / 5
     planes.append({"name": "ground", "origin": [0.0, ground_y, 0.0], "u": [1.0, 0.0, 0.0], "v": [0.0, 0.0, 1.0],
-                   "extent": None, "top": None, "ppu": ppu, "tex_origin": [-1024 / ppu, 1024 / ppu + 4.0],
-                   "texture": _plane_texture(rng, 2048, hue, (0.15, 0.35))})
+                   "extent": None, "top": None, "ppu": ppu, "tex_origin": [-tile / 2 / ppu, tile / 2 / ppu + 4.0],
+                   "texture": _plane_texture(rng, tile, hue, (0.15, 0.35))})
     # the far hillside: a vertical plane up to a silhouette, the sky above it
     far = rng.uniform(*p.far_depth)
     hill = rng.uniform(*p.hill_height)
     span = far * w / focal  # the width it shows, units
     planes.append({"name": "hillside", "origin": [0.0, ground_y, far], "u": [1.0, 0.0, 0.0],
                    "v": [0.0, -1.0, 0.0], "extent": None, "top": _waves(rng, hill, span),
-                   "ppu": focal / far, "tex_origin": [-512 * far / focal, 0.0],
-                   "texture": _plane_texture(rng, 1024, hue + rng.uniform(40, 100), (0.1, 0.3))})
+                   "ppu": focal / far, "tex_origin": [-tile / 4 * far / focal, 0.0],
+                   "texture": _plane_texture(rng, tile // 2, hue + rng.uniform(40, 100), (0.1, 0.3))})
     # near slabs: vertical planes standing on the ground, facing the camera of the middle frame, turned a little
     for _ in range(int(rng.integers(p.n_slabs[0], p.n_slabs[1] + 1))):
         depth = rng.uniform(*p.slab_depth)
@@ -516,7 +544,7 @@ def generate_parallax_scene(params: SyntheticParams, index: int, rng: np.random.
         planes.append({"name": "slab", "origin": (foot - width / 2 * u).tolist(), "u": u.tolist(),
                        "v": [0.0, -1.0, 0.0], "extent": [0.0, float(width)], "top": top,
                        "ppu": focal / depth, "tex_origin": [0.0, 0.0],
-                       "texture": _plane_texture(rng, 512, hue + rng.uniform(-60, 60), (0.05, 0.25))})
+                       "texture": _plane_texture(rng, tile // 4, hue + rng.uniform(-60, 60), (0.05, 0.25))})
     sky = {"horizon": _hsv(rng, (190, 230), (0.05, 0.15), (0.85, 0.95)),
            "zenith": _hsv(rng, (200, 230), (0.25, 0.45), (0.75, 0.9))}
     hue0 = rng.uniform(0, 360)

@@ -1,8 +1,12 @@
 """Synthetic videos with exact ground truth: textured objects over a textured background under camera motion.
 
-Every layer (the background and 1-3 foreground objects) is a texture in its own canonical pixel frame, mapped
-into frame t by an affine matrix A_t (canonical -> frame, pixel centres at integer coordinates, the OpenCV
-convention). Objects are drawn back to front (list order = depth order, object id = index + 1,
+Two scene kinds (params.scene): `layers` (this module, the default) and `parallax` (lrtl.parallax: a rigid 3D
+scene under a perspective camera, whose static parts move by depth). Both share the textures, the sequence plan,
+the stage and its outputs below; a scene's description says which kind rebuilds it (scene_from_description).
+
+In a layers scene every layer (the background and 1-3 foreground objects) is a texture in its own canonical
+pixel frame, mapped into frame t by an affine matrix A_t (canonical -> frame, pixel centres at integer
+coordinates, the OpenCV convention). Objects are drawn back to front (list order = depth order, object id = index + 1,
 0 = background), so they occlude each other; they rotate, scale and translate smoothly, and some enter or
 leave the frame.
 
@@ -62,6 +66,7 @@ class ParallaxParams(Params):
     camera_heading: float                 # max |angle| of the travel direction from sideways, deg (0 = sideways)
     camera_pitch: tuple[float, float]     # [min, max] downward pitch of the view, deg
     camera_roll: float                    # max |roll rate| of the camera, deg/frame
+    camera_shake: float                   # the camera's speed and height sway by this fraction of its speed
     fixation_depth: tuple[float, float]   # [min, max] depth of the static point the camera pans to keep in view
     far_depth: tuple[float, float]        # [min, max] depth of the far hillside, units
     hill_height: tuple[float, float]      # [min, max] height of the hillside above the ground, units
@@ -71,6 +76,7 @@ class ParallaxParams(Params):
     object_depth: tuple[float, float]     # [min, max] depth of an object at the middle frame, units
     thin_parts: tuple[int, int]           # [min, max] thin parts (legs, a tail) per object, inclusive
     thin_width: tuple[float, float]       # [min, max] width of a thin part at the middle frame, px
+    object_hop: float                     # max height an object hops to, fraction of its height
 
 
 @dataclasses.dataclass(frozen=True)
