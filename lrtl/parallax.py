@@ -445,8 +445,8 @@ def _object(rng: np.random.Generator, params: SyntheticParams, k: int, n_obj: in
         heading = (0.0 if rng.uniform() < 0.5 else np.pi) + rng.uniform(-0.35, 0.35)
     else:
         left = rng.uniform() < 0.5
-        radius = canvas_w / 2
-        x0 = -radius if left else w - 1 + radius
+        radius = canvas_w / 2  # its centre starts (or ends) just inside the edge: partly in the frame
+        x0 = 0.2 * radius if left else w - 1 - 0.2 * radius
         speed = max(speed, 2.2 * radius / max(n - 1, 1))
         heading = (0.0 if left else np.pi) + rng.uniform(-0.2, 0.2)
         anchor = 0 if mode == "enter" else n - 1
