@@ -156,7 +156,7 @@ def test_layers_scene_is_the_default_and_its_params_unchanged():
 
 def test_the_overlay_gives_its_dataset_its_own_generator_settings():
     """datasets.<d>.synthetic is merged over the synthetic section (the workflow's synthetic_params); the schema
-    requires it on synthetic datasets only and checks its keys."""
+    requires it on synthetic datasets, checks its keys, and refuses an override on other layouts."""
     import copy
     from pathlib import Path
 
@@ -180,7 +180,7 @@ def test_the_overlay_gives_its_dataset_its_own_generator_settings():
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(broken, schema)
     for name, edit in (("synthetic_parallax", lambda d: d.pop("synthetic")),
-                       ("davis2016", lambda d: d.update(synthetic={}))):
+                       ("davis2016", lambda d: d.update(synthetic={"seed": 3}))):
         broken = copy.deepcopy(config)
         edit(broken["datasets"][name])
         with pytest.raises(jsonschema.ValidationError, match="synthetic"):
