@@ -1,8 +1,12 @@
 """Synthetic videos with exact ground truth: textured objects over a textured background under camera motion.
 
-Every layer (the background and 1-3 foreground objects) is a texture in its own canonical pixel frame, mapped
-into frame t by an affine matrix A_t (canonical -> frame, pixel centres at integer coordinates, the OpenCV
-convention). Objects are drawn back to front (list order = depth order, object id = index + 1,
+Two scene kinds (params.scene): `layers` (this module, the default) and `parallax` (lrtl.parallax: a rigid 3D
+scene under a perspective camera, whose static parts move by depth). Both share the textures, the sequence plan,
+the stage and its outputs below; a scene's description says which kind rebuilds it (scene_from_description).
+
+In a layers scene every layer (the background and 1-3 foreground objects) is a texture in its own canonical
+pixel frame, mapped into frame t by an affine matrix A_t (canonical -> frame, pixel centres at integer
+coordinates, the OpenCV convention). Objects are drawn back to front (list order = depth order, object id = index + 1,
 0 = background), so they occlude each other; they rotate, scale and translate smoothly, and some enter or
 leave the frame.
 
@@ -40,13 +44,39 @@ from tqdm import tqdm
 
 from lrtl import stores
 from lrtl.cli import StageError, json_params, run_stage
-from lrtl.params import Params
+from lrtl.params import Params, ParamsError
 
 log = logging.getLogger(__name__)
 
 SCENE_VERSION = 1
 SHAPES = ("ellipse", "polygon", "blob")
 PATTERNS = ("stripes", "checker", "spots", "rings")
+
+
+SCENES = ("layers", "parallax")
+
+
+@dataclasses.dataclass(frozen=True)
+class ParallaxParams(Params):
+    """The 3D scene of `scene: parallax` (lrtl.parallax); world units are metres-like, depths along the view."""
+
+    focal: float                          # focal length, fraction of the frame width
+    camera_height: float                  # camera height above the ground plane, units
+    camera_speed: tuple[float, float]     # [min, max] camera translation, units/frame
+    camera_heading: float                 # max |angle| of the travel direction from sideways, deg (0 = sideways)
+    camera_pitch: tuple[float, float]     # [min, max] downward pitch of the view, deg
+    camera_roll: float                    # max |roll rate| of the camera, deg/frame
+    camera_shake: float                   # the camera's speed and height sway by this fraction of its speed
+    fixation_depth: tuple[float, float]   # [min, max] depth of the static point the camera pans to keep in view
+    far_depth: tuple[float, float]        # [min, max] depth of the far hillside, units
+    hill_height: tuple[float, float]      # [min, max] height of the hillside above the ground, units
+    n_slabs: tuple[int, int]              # [min, max] near vertical planes (rocks, hedges), inclusive
+    slab_depth: tuple[float, float]       # [min, max] depth of a near plane, units
+    slab_width: tuple[float, float]       # [min, max] width of a near plane, fraction of the frame width
+    object_depth: tuple[float, float]     # [min, max] depth of an object at the middle frame, units
+    thin_parts: tuple[int, int]           # [min, max] thin parts (legs, a tail) per object, inclusive
+    thin_width: tuple[float, float]       # [min, max] width of a thin part at the middle frame, px
+    object_hop: float                     # max height an object hops to, fraction of its height
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +96,16 @@ class SyntheticParams(Params):
     gaps: tuple[int, ...]                 # flow gaps stored in the ground-truth store (1 always added)
     jpeg_quality: int                     # JPEG quality of the written frames (0-100)
     seed: int                             # dataset seed; (seed, sequence index) determines a sequence
+    # The two keys below came with the parallax scene. A layers scene's job params leave them out (job_params),
+    # so that the datasets generated before them keep their params and rerun nothing: hence the defaults.
+    scene: str = "layers"                 # layers (2D affine layers, this module) | parallax (lrtl.parallax)
+    parallax: ParallaxParams | None = None   # the parallax scene's own keys (needed for scene: parallax)
+
+    def __post_init__(self) -> None:
+        if self.scene not in SCENES:
+            raise ParamsError(f"synthetic.scene: {self.scene!r} is not one of {', '.join(SCENES)}")
+        if self.scene == "parallax" and self.parallax is None:
+            raise ParamsError("synthetic.parallax: expected a mapping of keys for scene: parallax, got null")
 
 
 # --------------------------------------------------------------------------- geometry helpers
@@ -373,9 +413,9 @@ def _object_path(rng: np.random.Generator, params: SyntheticParams, n: int, radi
     return list(pos), mode
 
 
-def sequence_name(index: int) -> str:
-    """Name of the synthetic sequence number `index`: synth-000, synth-001, ..."""
-    return f"synth-{index:03d}"
+def sequence_name(index: int, scene: str = "layers") -> str:
+    """Name of the synthetic sequence number `index`: synth-000, synth-001, ... (parallax-000, ... for parallax)."""
+    return f"{'synth' if scene == 'layers' else scene}-{index:03d}"
 
 
 def _as_params(params: SyntheticParams | Mapping[str, Any]) -> SyntheticParams:
@@ -384,23 +424,36 @@ def _as_params(params: SyntheticParams | Mapping[str, Any]) -> SyntheticParams:
     return SyntheticParams.from_mapping(params, "synthetic")
 
 
+def job_params(section: Mapping[str, Any]) -> dict[str, Any]:
+    """A synthetic section as a make_synthetic job (and the ground-truth attrs) records it: a layers scene
+    leaves out `scene` and `parallax`, so that its params stay those of before the parallax scene existed."""
+    if section.get("scene", "layers") == "layers":
+        return {k: v for k, v in section.items() if k not in ("scene", "parallax")}
+    return dict(section)
+
+
 def sequence_plan(params: SyntheticParams | Mapping[str, Any]) -> list[tuple[str, int]]:
     """(name, n_frames) of every synthetic sequence, without rendering (for the workflow at parse time)."""
     params = _as_params(params)
     plan = []
     for index in range(params.n_sequences):
         rng = np.random.default_rng([params.seed, index])  # the first draw of generate_scene
-        plan.append((sequence_name(index), int(rng.integers(params.n_frames[0], params.n_frames[1] + 1))))
+        plan.append((sequence_name(index, params.scene),
+                     int(rng.integers(params.n_frames[0], params.n_frames[1] + 1))))
     return plan
 
 
-def generate_scene(params: SyntheticParams, index: int) -> Scene:
+def generate_scene(params: SyntheticParams, index: int) -> Any:
     """The deterministic scene number `index` of the dataset defined by `params`."""
     if not 0 <= index < params.n_sequences:
         raise StageError(f"--sequence-index {index} outside 0..{params.n_sequences - 1} "
                          "(config synthetic.n_sequences)")
     rng = np.random.default_rng([params.seed, index])
-    n = int(rng.integers(params.n_frames[0], params.n_frames[1] + 1))
+    n = int(rng.integers(params.n_frames[0], params.n_frames[1] + 1))  # the first draw (sequence_plan)
+    if params.scene == "parallax":
+        from lrtl.parallax import generate_parallax_scene
+
+        return generate_parallax_scene(params, index, rng, n)
     n_obj = int(rng.integers(params.n_objects[0], params.n_objects[1] + 1))
     h, w = params.height, params.width
 
@@ -459,10 +512,19 @@ def generate_scene(params: SyntheticParams, index: int) -> Scene:
     return Scene(description)
 
 
-def load_scene(gt_store_path: str | os.PathLike) -> Scene:
+def scene_from_description(description: dict[str, Any]) -> Any:
+    """The scene (Scene, or lrtl.parallax.ParallaxScene for kind parallax) a description rebuilds exactly."""
+    if description.get("kind", "layers") == "parallax":
+        from lrtl.parallax import ParallaxScene
+
+        return ParallaxScene(description)
+    return Scene(description)
+
+
+def load_scene(gt_store_path: str | os.PathLike) -> Any:
     """Rebuild the exact scene from a ground-truth store written by `run_synthetic`."""
     group = stores.open_store(gt_store_path, "synthetic_gt")
-    return Scene(dict(group.attrs)["scene"])
+    return scene_from_description(dict(group.attrs)["scene"])
 
 
 # --------------------------------------------------------------------------- the stage
@@ -490,7 +552,7 @@ def run_synthetic(*, sequence_index: int, name: str, images: str | os.PathLike,
                 raise StageError(f"could not write frame {t} under {images} / {annotations}")
         with stores.atomic_path(ground_truth) as gt_tmp:
             group = stores.create_group(gt_tmp, "synthetic_gt", scene=scene.description,
-                                        params=params.to_dict(), name=name,
+                                        params=job_params(params.to_dict()), name=name,
                                         sequence_index=sequence_index, gaps=gaps,
                                         n_frames=t_n, height=h, width=w)
             stores.create_array(group, "object_ids", ids)

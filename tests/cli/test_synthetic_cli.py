@@ -58,3 +58,31 @@ def test_tiny_dataset_fixture(tiny_dataset):
         np.testing.assert_array_equal(gt_index, np.arange(12))
         ids = stores.open_store(paths["ground_truth"], "synthetic_gt")["object_ids"][...]
         np.testing.assert_array_equal(gt, ids > 0)
+
+
+def test_cli_writes_a_parallax_sequence_the_oracle_backends_read(tmp_path):
+    """scene: parallax through the same CLI and store: the ground truth rebuilds the 3D scene (load_scene, which
+    the oracle flow and track backends use), and a layers store's attrs keep the params of before."""
+    from lrtl.parallax import ParallaxScene
+
+    params = {**TINY_SYNTHETIC, "scene": "parallax", "n_frames": [8, 8], "gaps": [2]}
+    images, annotations, gt = tmp_path / "img" / "p", tmp_path / "ann" / "p", tmp_path / "gt.zarr"
+    synthetic.main(["--params", json.dumps(params), "--sequence-index", "0", "--name", "parallax-000",
+                    "--images", str(images), "--annotations", str(annotations), "--ground-truth", str(gt)])
+    scene = synthetic.load_scene(gt)
+    assert isinstance(scene, ParallaxScene)
+    group = stores.open_store(gt, "synthetic_gt")
+    assert group.attrs["params"]["scene"] == "parallax"
+    assert set(group.array_keys()) == {"object_ids", "forward_1", "backward_1", "forward_2", "backward_2"}
+    np.testing.assert_array_equal(group["forward_2"][5], scene.flow(5, 2))
+    np.testing.assert_array_equal(group["backward_1"][3], scene.flow(3, -1))
+    for t in (0, 7):
+        mask = cv2.imread(str(annotations / f"{t:05d}.png"), cv2.IMREAD_UNCHANGED)
+        np.testing.assert_array_equal(mask == 255, scene.object_ids(t) > 0)
+        np.testing.assert_array_equal(group["object_ids"][t], scene.object_ids(t))
+    layers_gt = tmp_path / "layers.zarr"
+    synthetic.main(["--params", json.dumps(TINY_SYNTHETIC), "--sequence-index", "0", "--name", "s",
+                    "--images", str(tmp_path / "li"), "--annotations", str(tmp_path / "la"),
+                    "--ground-truth", str(layers_gt)])
+    attrs = stores.open_store(layers_gt, "synthetic_gt").attrs["params"]
+    assert "scene" not in attrs and "parallax" not in attrs

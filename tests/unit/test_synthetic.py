@@ -1,19 +1,24 @@
-"""Ground-truth self-consistency of the synthetic generator."""
+"""Ground-truth self-consistency of the synthetic generator, for both scene kinds (layers and parallax)."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import cv2
 import numpy as np
 import pytest
 
 from lrtl.cli import StageError
-from lrtl.synthetic import Scene, SyntheticParams, generate_scene, sequence_plan
+from lrtl.synthetic import Scene, SyntheticParams, generate_scene, scene_from_description, sequence_plan
 from tests.conftest import config_section
 
 PARAMS = config_section(
     "synthetic", n_sequences=4, height=96, width=160, n_frames=[10, 14], n_objects=[2, 3],
     object_area=[0.06, 0.18], object_speed=[1.5, 3.0], object_rotation=2.0, camera_speed=1.5, seed=7,
 )
+PARALLAX = {**PARAMS, "scene": "parallax", "n_sequences": 3, "n_frames": [10, 12], "n_objects": [1, 2],
+            "object_area": [0.08, 0.16]}
+KINDS = {"layers": PARAMS, "parallax": PARALLAX}
 
 
 @pytest.fixture(scope="module")
@@ -21,9 +26,16 @@ def params():
     return SyntheticParams.from_mapping(PARAMS)
 
 
-@pytest.fixture(scope="module", params=[0, 1, 2])
-def scene(request, params):
-    return generate_scene(params, request.param)
+@pytest.fixture(scope="module", params=sorted(KINDS))
+def any_params(request):
+    return SyntheticParams.from_mapping(KINDS[request.param])
+
+
+@pytest.fixture(scope="module", params=[("layers", 0), ("layers", 1), ("layers", 2), ("parallax", 0), ("parallax", 1)],
+                ids=lambda p: f"{p[0]}-{p[1]}")
+def scene(request):
+    kind, index = request.param
+    return generate_scene(SyntheticParams.from_mapping(KINDS[kind]), index)
 
 
 def _grid(scene: Scene) -> np.ndarray:
@@ -31,22 +43,24 @@ def _grid(scene: Scene) -> np.ndarray:
     return np.stack([xx, yy], axis=-1).reshape(-1, 2).astype(np.float32)  # [H*W, 2]
 
 
-def test_deterministic(params):
+def test_deterministic(any_params):
+    params = any_params
     a, b = generate_scene(params, 1), generate_scene(params, 1)
     assert a.description == b.description
     for t in (0, a.n_frames - 1):
         np.testing.assert_array_equal(a.render(t)[0], b.render(t)[0])
     c = generate_scene(params, 2)
     assert np.abs(a.render(0)[0].astype(int) - c.render(0)[0].astype(int)).mean() > 5
-    other_seed = generate_scene(SyntheticParams.from_mapping({**PARAMS, "seed": 8}), 1)
+    other_seed = generate_scene(dataclasses.replace(params, seed=8), 1)
     assert other_seed.description != a.description
 
 
-def test_scene_roundtrip_through_json(params):
+def test_scene_roundtrip_through_json(any_params):
     import json
 
-    a = generate_scene(params, 0)
-    b = Scene(json.loads(json.dumps(a.description)))
+    a = generate_scene(any_params, 0)
+    b = scene_from_description(json.loads(json.dumps(a.description)))
+    assert type(b) is type(a)
     np.testing.assert_array_equal(a.render(3)[0], b.render(3)[0])
     np.testing.assert_array_equal(a.flow(3, 1), b.flow(3, 1))
 
@@ -130,11 +144,11 @@ def test_tracks_match_chained_flow(scene):
         np.testing.assert_array_equal(scene.surface_at(int(t), tracks[t][vis[t]]), layer[vis[t]])
 
 
-def test_occlusion_and_boundaries_make_points_invisible(params):
+def test_occlusion_and_boundaries_make_points_invisible(any_params):
     """Across the dataset some tracked points become invisible (occlusion or leaving the frame)."""
     hidden = 0
-    for index in range(params.n_sequences):
-        scene = generate_scene(params, index)
+    for index in range(any_params.n_sequences):
+        scene = generate_scene(any_params, index)
         _, vis = scene.track(_grid(scene)[::7], 0, np.arange(scene.n_frames))
         hidden += (~vis[-1]).sum()
     assert hidden > 0

@@ -197,6 +197,36 @@ def check_runs():
 check_runs()
 
 
+def synthetic_params(dataset):
+    """The generator settings of a synthetic dataset: datasets.<d>.synthetic merged over the synthetic section."""
+    return merged(config["synthetic"], config["datasets"][dataset]["synthetic"])
+
+
+def check_synthetic():
+    """Every synthetic dataset's merged generator settings are a complete synthetic section (the schema's
+    $defs/synthetic and $defs/synthetic_required, as for the training runs)."""
+    whole = {
+        "$defs": SCHEMA["$defs"],
+        "allOf": [
+            {"$ref": "#/$defs/synthetic"},
+            {"$ref": "#/$defs/synthetic_required"},
+        ],
+    }
+    for name, spec in config["datasets"].items():
+        if spec["layout"] != "synthetic":
+            continue
+        try:
+            jsonschema.validate(synthetic_params(name), whole)
+        except jsonschema.ValidationError as err:
+            path = ".".join(map(str, err.absolute_path))
+            raise ValueError(
+                f"datasets.{name}.synthetic (merged over synthetic): {path}: {err.message}"
+            ) from err
+
+
+check_synthetic()
+
+
 def read_sheet(path):
     """Rows of a sequence sheet (tsv: sequence, split, n_frames), each validated by its schema.
 
@@ -253,7 +283,7 @@ def dataset_rows(name):
     """The sequences of a dataset: from the synthetic plan, the sheet, or a listing of its root."""
     spec = config["datasets"][name]
     if spec["layout"] == "synthetic":
-        plan = lrtl.synthetic.sequence_plan(config["synthetic"])
+        plan = lrtl.synthetic.sequence_plan(synthetic_params(name))
         return [{"sequence": s, "split": "all", "n_frames": n} for s, n in plan]
     if spec["sheet"]:
         sheet = os.path.join(workflow.basedir, spec["sheet"])
@@ -699,8 +729,15 @@ def tables_params(datasets, ablations):
 
 def synthetic_index(wildcards):
     """The generator's index of a synthetic sequence (its place in the full plan, whatever only_sequences says)."""
-    names = [name for name, _ in lrtl.synthetic.sequence_plan(config["synthetic"])]
-    return names.index(wildcards.sequence)
+    plan = lrtl.synthetic.sequence_plan(synthetic_params(wildcards.dataset))
+    return [name for name, _ in plan].index(wildcards.sequence)
+
+
+def synthetic_params_json(wildcards):
+    """The JSON of a synthetic dataset's generator settings as its make_synthetic jobs record them (a layers
+    scene leaves out the parallax scene's keys: lrtl.synthetic.job_params)."""
+    params = lrtl.synthetic.job_params(synthetic_params(wildcards.dataset))
+    return json.dumps(params, sort_keys=True)
 
 
 # ----------------------------------------------------------------------------- targets

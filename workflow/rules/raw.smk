@@ -13,7 +13,7 @@ rule make_synthetic:
     log:
         "logs/{dataset}/raw/{resolution}/{sequence}.log",
     params:
-        synthetic=stage_params("synthetic"),
+        synthetic=synthetic_params_json,
         index=synthetic_index,
     shell:
         """
