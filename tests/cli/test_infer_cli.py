@@ -1,6 +1,8 @@
 """lrtl.infer and lrtl.baseline command lines on a tiny moving-square sequence."""
 
+import base64
 import json
+import re
 
 import numpy as np
 import pytest
@@ -134,6 +136,9 @@ def test_infer_writes_masks_and_pictures_draws_them(sequence, checkpoint):
     for name in ("overlay-sheet.png", "k-masks-sheet.png", "overlay.gif"):
         assert (pictures / name).is_file()
     assert Image.open(pictures / "overlay.gif").n_frames == T
+    page = (pictures / "overlay.html").read_text()  # the GIF in a page, as Snakemake's report shows it inline
+    embedded = base64.b64decode(re.search(r'src="data:image/gif;base64,([^"]+)"', page).group(1))
+    assert embedded == (pictures / "overlay.gif").read_bytes()
     assert not list(sequence["root"].glob("*.tmp-*"))  # atomic writes leave nothing behind
 
 
