@@ -433,9 +433,10 @@ def to_latex(frame: pd.DataFrame, caption: str) -> str:
 HTML_STYLE = """
 body { background: #fff; color: #111; font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; }
 table { border-collapse: collapse; margin: 1em 0; }
-th, td { padding: 0.25em 0.6em; border-bottom: 1px solid #ddd; text-align: left; white-space: nowrap; }
-th { border-bottom: 2px solid #555; }
-td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
+th, td { padding: 0.25em 0.6em; border-bottom: 1px solid #ddd; text-align: left; vertical-align: top; }
+th { border-bottom: 2px solid #555; white-space: nowrap; }
+td.text { max-width: 24em; }
+td.num, th.num { text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums; }
 .notes { color: #444; max-width: 60em; }
 code { background: #f2f2f2; padding: 0 0.2em; }
 """
