@@ -32,7 +32,11 @@ min_version("9.0")
 configfile: os.path.join(workflow.basedir, "config.yaml")
 
 
+report: "workflow/report/workflow.rst"  # snakemake --report report.html: this page, then what workflow/rules/report.smk marks
+
+
 include: "workflow/rules/common.smk"
+include: "workflow/rules/report.smk"
 include: "workflow/rules/raw.smk"
 include: "workflow/rules/frames.smk"
 include: "workflow/rules/flow.smk"
