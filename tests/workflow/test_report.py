@@ -174,6 +174,8 @@ def test_report_loads_in_chromium_without_script_errors(browser, report: Path) -
     for category in ("Tables", "Training", "Masks (synthetic)"):
         page.find(f"//a[normalize-space(.)={category!r}]")
     page.screenshot("landing")
+    page.click("Statistics")  # the run-time charts (vega)
+    page.find("//div[contains(@class, 'vega-embed')]")
     assert page.errors() == []
 
 
