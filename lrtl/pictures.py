@@ -120,19 +120,15 @@ def sample_frames(n_frames: int, at_most: int) -> np.ndarray:
     return np.unique(np.round(np.linspace(0, n_frames - 1, at_most)).astype(np.int64))
 
 
-def gif_page(gif: bytes, n_frames: int, fps: float, width: int) -> str:
-    """A self-contained HTML page showing an animated GIF (embedded as base64) twice its size, at most the page
-    width, on a light background."""
+def gif_svg(gif: bytes, width: int, height: int) -> str:
+    """An SVG image that shows an animated GIF (embedded as base64) at twice its size. Snakemake's HTML report
+    shows SVG and PNG results as images, but a GIF only as a download, and it cannot show a page (.html) over
+    2 MB at all (browsers cap data URLs in frames at 2 MB, and the report embeds every result as one)."""
     data = base64.b64encode(gif).decode("ascii")
-    style = (
-        "body { background: #fff; color: #444; font: 14px system-ui, sans-serif; margin: 1em; }\n"
-        f"img {{ width: {2 * width}px; max-width: 100%; }}"
-    )
     return (
-        '<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>overlay.gif</title>\n'
-        f"<style>{style}</style>\n</head>\n<body>\n"
-        f'<img alt="animated mask overlay" src="data:image/gif;base64,{data}">\n'
-        f"<p>{n_frames} frames at {fps:g} frames per second; red: the foreground mask.</p>\n</body>\n</html>\n"
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{2 * width}" height="{2 * height}" '
+        f'viewBox="0 0 {width} {height}">\n<title>animated mask overlay</title>\n'
+        f'<image width="{width}" height="{height}" href="data:image/gif;base64,{data}"/>\n</svg>\n'
     )
 
 
@@ -158,8 +154,7 @@ def write_sequence_pictures(
       NNNNN.png             binary foreground (0/255) per frame at native_size
       overlay-sheet.png     contact sheet of foreground overlays (at most sheet_max_frames frames)
       overlay.gif           animated foreground overlay, every frame
-      overlay.html          overlay.gif in a page of its own (Snakemake's HTML report shows pages and PNGs
-                            inline, but offers a GIF only as a download)
+      overlay.svg           overlay.gif inside an SVG image, as Snakemake's HTML report can show it (gif_svg)
       k-masks-sheet.png     the K soft masks before merging, one colour per mask, blended over the frame
     """
     n_frames, height, width, _ = rgb.shape
@@ -171,7 +166,7 @@ def write_sequence_pictures(
     names = {
         "overlay_sheet": "overlay-sheet.png",
         "overlay_gif": "overlay.gif",
-        "overlay_page": "overlay.html",
+        "overlay_svg": "overlay.svg",
         "k_masks": "k-masks-sheet.png",
     }
     with atomic_path(out_dir) as tmp:
@@ -196,8 +191,8 @@ def write_sequence_pictures(
             duration=max(1, round(1000 / params.gif_fps)),
             loop=0,
         )
-        (tmp / names["overlay_page"]).write_text(
-            gif_page((tmp / names["overlay_gif"]).read_bytes(), n_frames, params.gif_fps, overlays[0].shape[1])
+        (tmp / names["overlay_svg"]).write_text(
+            gif_svg((tmp / names["overlay_gif"]).read_bytes(), overlays[0].shape[1], overlays[0].shape[0])
         )
         k_views = []
         for t in picked:

@@ -136,9 +136,11 @@ def test_infer_writes_masks_and_pictures_draws_them(sequence, checkpoint):
     for name in ("overlay-sheet.png", "k-masks-sheet.png", "overlay.gif"):
         assert (pictures / name).is_file()
     assert Image.open(pictures / "overlay.gif").n_frames == T
-    page = (pictures / "overlay.html").read_text()  # the GIF in a page, as Snakemake's report shows it inline
-    embedded = base64.b64decode(re.search(r'src="data:image/gif;base64,([^"]+)"', page).group(1))
+    svg = (pictures / "overlay.svg").read_text()  # the GIF in an SVG image, as Snakemake's report shows it
+    embedded = base64.b64decode(re.search(r'href="data:image/gif;base64,([^"]+)"', svg).group(1))
     assert embedded == (pictures / "overlay.gif").read_bytes()
+    gif_width, gif_height = Image.open(pictures / "overlay.gif").size
+    assert f'width="{2 * gif_width}" height="{2 * gif_height}"' in svg
     assert not list(sequence["root"].glob("*.tmp-*"))  # atomic writes leave nothing behind
 
 

@@ -5,7 +5,7 @@
 #   Tables                      All datasets: Table 1 and the ablation tables; <dataset>: per-sequence table and
 #                               bar chart, official measures (each table as the .html page lrtl.tables writes)
 #   Training                    <dataset>: the loss curves of every run
-#   Masks (<dataset>)           <run>: overlay GIF (as overlay.html), overlay sheet and K-mask sheet per sequence
+#   Masks (<dataset>)           <run>: overlay GIF (as overlay.svg), overlay sheet and K-mask sheet per sequence
 #
 # Captions are paths relative to workflow/rules/, where the rules that use them are defined.
 
@@ -72,15 +72,15 @@ def reported_tables(paths):
     return flagged
 
 
-# The pictures of one sequence (lrtl.pictures) shown in the report, by file stem: the GIF goes in as the page that
-# embeds it, since the report shows PNGs and pages inline but offers a GIF only as a download.
+# The pictures of one sequence (lrtl.pictures) shown in the report, by file stem: the GIF goes in as the SVG image
+# that embeds it, since the report shows PNG and SVG images but offers a GIF only as a download.
 REPORT_PICTURES = {
     "overlay": "overlay, animated",
     "overlay-sheet": "overlay sheet",
     "k-masks-sheet": "K masks before the merge",
 }
 REPORT_PICTURE_PATTERNS = [
-    "{picture,overlay}.html",
+    "{picture,overlay}.svg",
     "{picture,overlay-sheet|k-masks-sheet}.png",
 ]
 
