@@ -13,11 +13,11 @@
 # results/{dataset}/train/{run}.state/                    resume state (not a declared output)
 # results/{dataset}/train/released/model.pt               the authors' released checkpoint, converted (run `released`)
 # results/{dataset}/masks/{run}/{sequence}.zarr           soft masks [T,K,h,w] + merged [T,2,h,w]
-# results/{dataset}/masks/{run}/{sequence}/               binary mask PNGs, overlay sheet, GIF, K-mask picture
+# results/{dataset}/masks/{run}/{sequence}/               binary mask PNGs, overlay sheet, GIF (+ as SVG), K-mask picture
 # results/{dataset}/masks/baseline/{sequence}.zarr        no-learning baseline masks from flow
 # results/{dataset}/masks/baseline_tracks/{sequence}.zarr no-learning baseline masks from tracks clustered by motion
 # results/{dataset}/metrics/{run}/{sequence}.tsv          per-frame IoU / boundary F of every annotated frame
-# results/tables/[{name}/]                                paper-style tables (.md, .csv, .tex) and pictures; {name} =
+# results/tables/[{name}/]                                paper-style tables (.md .csv .tex .html) and pictures; {name} =
 #                                                         targets.name ("" for the default run)
 # results/tables/[{name}/]released/                       Table 1 of the released checkpoints alone (rule released)
 # `all` asks for every artefact above, so a deleted intermediate is rebuilt with exactly what depends on it.
@@ -32,7 +32,11 @@ min_version("9.0")
 configfile: os.path.join(workflow.basedir, "config.yaml")
 
 
+report: "workflow/report/workflow.rst"  # snakemake --report report.html: this page, then what workflow/rules/report.smk marks
+
+
 include: "workflow/rules/common.smk"
+include: "workflow/rules/report.smk"
 include: "workflow/rules/raw.smk"
 include: "workflow/rules/frames.smk"
 include: "workflow/rules/flow.smk"

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from runcosts import stage_costs  # benchmarks/runcosts.py
 
 from lrtl.stores import read_ground_truth
 from lrtl.tracks import open_sequence_tracks
@@ -54,22 +55,6 @@ def quality(metrics: pd.DataFrame, frame_rule: str) -> pd.DataFrame:
     out = pd.concat([rows, fg]) * 100
     out.loc[out.index.get_level_values(0).isin(NO_LEARNING), "oracle_J"] = np.nan  # K = 2: nothing to merge
     return out
-
-
-def stage_costs(benchmarks: Path, dataset: str) -> pd.DataFrame:
-    """Wall time (s, summed over jobs) and peak RSS (MB, max over jobs) per stage folder of the benchmark TSVs."""
-    rows = []
-    for path in sorted((benchmarks / dataset).rglob("*.tsv")):
-        parts = path.relative_to(benchmarks / dataset).parts
-        stage = "/".join(parts[:2]) if parts[0] in ("masks", "train") else parts[0]
-        if parts[0] == "train":
-            stage = f"train/{path.stem}"
-        table = pd.read_csv(path, sep="\t")
-        rows.append({"stage": stage, "s": float(table["s"].iloc[-1]), "max_rss": float(table["max_rss"].iloc[-1])})
-    if not rows:
-        return pd.DataFrame(columns=["jobs", "wall_s", "peak_rss_mb"])
-    frame = pd.DataFrame(rows)
-    return frame.groupby("stage").agg(jobs=("s", "size"), wall_s=("s", "sum"), peak_rss_mb=("max_rss", "max"))
 
 
 def label_consistency(results: Path, dataset: str, sequence: str, query_every: int) -> dict[str, float]:
@@ -174,9 +159,10 @@ def report(args: argparse.Namespace, dataset: str, table: pd.DataFrame) -> None:
               f"{means[f'{best_fixed} J']:.1f} J: margin {margin:+.1f}")
 
     costs = stage_costs(args.benchmarks, dataset)
-    print("\n== wall time and peak RSS per stage (Snakemake benchmark TSVs)")
+    print("\n== wall time, CPU time and peak RSS per stage (Snakemake benchmark TSVs)")
     if len(costs):
-        costs.loc["total"] = [costs["jobs"].sum(), costs["wall_s"].sum(), costs["peak_rss_mb"].max()]
+        costs.loc["total"] = [costs["jobs"].sum(), costs["wall_s"].sum(), costs["cpu_s"].sum(),
+                              costs["peak_rss_mb"].max()]  # fmt: skip
     print(costs.round(1).to_string())
 
     print("\n== track label consistency against the ground-truth masks")

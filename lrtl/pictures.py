@@ -19,6 +19,7 @@ native_width: a video's own size, before the store's resize); the sheets and the
 from __future__ import annotations
 
 import argparse
+import base64
 import dataclasses
 import logging
 import os
@@ -119,6 +120,18 @@ def sample_frames(n_frames: int, at_most: int) -> np.ndarray:
     return np.unique(np.round(np.linspace(0, n_frames - 1, at_most)).astype(np.int64))
 
 
+def gif_svg(gif: bytes, width: int, height: int) -> str:
+    """An SVG image that shows an animated GIF (embedded as base64) at twice its size. Snakemake's HTML report
+    shows SVG and PNG results as images, but a GIF only as a download, and it cannot show a page (.html) over
+    2 MB at all (browsers cap data URLs in frames at 2 MB, and the report embeds every result as one)."""
+    data = base64.b64encode(gif).decode("ascii")
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{2 * width}" height="{2 * height}" '
+        f'viewBox="0 0 {width} {height}">\n<title>animated mask overlay</title>\n'
+        f'<image width="{width}" height="{height}" href="data:image/gif;base64,{data}"/>\n</svg>\n'
+    )
+
+
 def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
     Image.fromarray(image).save(path, format="PNG")
 
@@ -141,6 +154,7 @@ def write_sequence_pictures(
       NNNNN.png             binary foreground (0/255) per frame at native_size
       overlay-sheet.png     contact sheet of foreground overlays (at most sheet_max_frames frames)
       overlay.gif           animated foreground overlay, every frame
+      overlay.svg           overlay.gif inside an SVG image, as Snakemake's HTML report can show it (gif_svg)
       k-masks-sheet.png     the K soft masks before merging, one colour per mask, blended over the frame
     """
     n_frames, height, width, _ = rgb.shape
@@ -152,6 +166,7 @@ def write_sequence_pictures(
     names = {
         "overlay_sheet": "overlay-sheet.png",
         "overlay_gif": "overlay.gif",
+        "overlay_svg": "overlay.svg",
         "k_masks": "k-masks-sheet.png",
     }
     with atomic_path(out_dir) as tmp:
@@ -175,6 +190,9 @@ def write_sequence_pictures(
             append_images=frames[1:],
             duration=max(1, round(1000 / params.gif_fps)),
             loop=0,
+        )
+        (tmp / names["overlay_svg"]).write_text(
+            gif_svg((tmp / names["overlay_gif"]).read_bytes(), overlays[0].shape[1], overlays[0].shape[0])
         )
         k_views = []
         for t in picked:

@@ -10,12 +10,12 @@ reported x100. The official DAVIS measures (mean, recall, decay of J and F) are 
 averaged over sequences, as the official DAVIS evaluation does.
 
 Files written into --out-dir (every one for every configured dataset / ablation, even when empty):
-    table1.{md,csv,tex}                     runs + released checkpoints + no-learning baselines + quoted published
+    table1.{md,csv,tex,html}                runs + released checkpoints + no-learning baselines + quoted published
                                             numbers (--published), each row's `source` saying which (SOURCES)
-    ablation-{group}.{md,csv,tex}           one per entry of params.ablations
-    per-sequence-{dataset}.{md,csv,tex}     per-sequence J (and F) of every run
+    ablation-{group}.{md,csv,tex,html}      one per entry of params.ablations
+    per-sequence-{dataset}.{md,csv,tex,html}  per-sequence J (and F) of every run
     per-sequence-{dataset}.png              bar chart of per-sequence J
-    measures-{dataset}.{md,csv,tex}         official DAVIS measures J/F mean, recall, decay per run
+    measures-{dataset}.{md,csv,tex,html}    official DAVIS measures J/F mean, recall, decay per run
     summary.md                              the headline numbers in a few lines
     .targets.json                           the datasets these tables are of: a later run over other datasets
                                             into the same folder stops instead of overwriting them
@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import html
 import json
 import logging
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -426,12 +428,85 @@ def to_latex(frame: pd.DataFrame, caption: str) -> str:
     )
 
 
+# A page of its own (Snakemake's HTML report shows .html results inline, and .md/.csv only as downloads): light
+# background, since the report's own background is dark.
+HTML_STYLE = """
+body { background: #fff; color: #111; font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; }
+table { border-collapse: collapse; margin: 1em 0; }
+th, td { padding: 0.25em 0.6em; border-bottom: 1px solid #ddd; text-align: left; vertical-align: top; }
+th { border-bottom: 2px solid #555; white-space: nowrap; }
+td.text { max-width: 24em; }
+td.num, th.num { text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums; }
+.notes { color: #444; max-width: 60em; }
+code { background: #f2f2f2; padding: 0 0.2em; }
+"""
+
+
+def _inline_markdown(text: str) -> str:
+    """`code` and **bold** of the notes' markdown as HTML (the text itself escaped)."""
+    text = html.escape(text)
+    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+    return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", text)
+
+
+def notes_html(markdown: str) -> str:
+    """The notes under a table (paragraphs and two-level '- ' lists of protocol_note) as HTML."""
+    out: list[str] = []
+    depth = 0
+    for line in markdown.splitlines():
+        item = re.match(r"^( *)- (.*)$", line)
+        level = len(item.group(1)) // 2 + 1 if item else 0
+        while depth < level:
+            out.append("<ul>")
+            depth += 1
+        while depth > level:
+            out.append("</ul>")
+            depth -= 1
+        if item:
+            out.append(f"<li>{_inline_markdown(item.group(2))}</li>")
+        elif line.strip():
+            out.append(f"<p>{_inline_markdown(line)}</p>")
+    out.extend("</ul>" for _ in range(depth))
+    return "\n".join(out)
+
+
+def to_html(frame: pd.DataFrame, title: str, preamble: str) -> str:
+    """A self-contained page: the title, the table (numbers as in the .md table) and the notes under it."""
+    if frame.empty:
+        body = "<p><i>no results</i></p>"
+    else:
+        numeric = [_numeric(frame[c]) for c in frame.columns]
+        align = ['class="num"' if n else 'class="text"' for n in numeric]
+        head = "".join(
+            f"<th {a}>{html.escape(str(c))}</th>" for c, a in zip(frame.columns, align, strict=True)
+        )
+        rows = []
+        for values in frame.itertuples(index=False):
+            cells = []
+            for value, is_numeric, a in zip(values, numeric, align, strict=True):
+                if value is None or (isinstance(value, float) and math.isnan(value)):
+                    text = MISSING
+                elif is_numeric and isinstance(value, float | np.floating):
+                    text = format(value, CELL_FORMAT)  # counts (ints) stay as they are, as in the .md table
+                else:
+                    text = html.escape(str(value))
+                cells.append(f"<td {a}>{text}</td>")
+            rows.append(f"<tr>{''.join(cells)}</tr>")
+        body = f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(rows) + "\n</tbody>\n</table>"
+    return (
+        f'<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{html.escape(title)}</title>\n'
+        f"<style>{HTML_STYLE}</style>\n</head>\n<body>\n<h2>{html.escape(title)}</h2>\n{body}\n"
+        f'<div class="notes">\n{notes_html(preamble)}\n</div>\n</body>\n</html>\n'
+    )
+
+
 def write_table(out_dir: Path, stem: str, frame: pd.DataFrame, title: str, preamble: str) -> list[Path]:
-    paths = [out_dir / f"{stem}.{ext}" for ext in ("md", "csv", "tex")]
+    paths = [out_dir / f"{stem}.{ext}" for ext in ("md", "csv", "tex", "html")]
     write_text(paths[0], f"# {title}\n\n{preamble}\n\n{to_markdown(frame)}")
     with atomic_path(paths[1]) as tmp:
         frame.to_csv(tmp, index=False, float_format=CSV_FORMAT)
     write_text(paths[2], to_latex(frame, title))
+    write_text(paths[3], to_html(frame, title, preamble))
     return paths
 
 

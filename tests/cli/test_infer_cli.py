@@ -1,6 +1,8 @@
 """lrtl.infer and lrtl.baseline command lines on a tiny moving-square sequence."""
 
+import base64
 import json
+import re
 
 import numpy as np
 import pytest
@@ -134,6 +136,11 @@ def test_infer_writes_masks_and_pictures_draws_them(sequence, checkpoint):
     for name in ("overlay-sheet.png", "k-masks-sheet.png", "overlay.gif"):
         assert (pictures / name).is_file()
     assert Image.open(pictures / "overlay.gif").n_frames == T
+    svg = (pictures / "overlay.svg").read_text()  # the GIF in an SVG image, as Snakemake's report shows it
+    embedded = base64.b64decode(re.search(r'href="data:image/gif;base64,([^"]+)"', svg).group(1))
+    assert embedded == (pictures / "overlay.gif").read_bytes()
+    gif_width, gif_height = Image.open(pictures / "overlay.gif").size
+    assert f'width="{2 * gif_width}" height="{2 * gif_height}"' in svg
     assert not list(sequence["root"].glob("*.tmp-*"))  # atomic writes leave nothing behind
 
 

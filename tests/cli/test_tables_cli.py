@@ -2,6 +2,7 @@
 
 import json
 import re
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pandas as pd
@@ -9,6 +10,7 @@ import pytest
 
 from lrtl.evaluate import COLUMNS
 from lrtl.tables import main as tables_main
+from lrtl.tables import to_html
 from tests.conftest import config_section
 
 PUBLISHED = Path(__file__).resolve().parents[2] / "workflow" / "resources" / "published.tsv"
@@ -90,7 +92,7 @@ def test_all_files_are_written_and_labelled(tmp_path, tsvs):
     out = run(tmp_path, tsvs)
     for stem in ("table1", "ablation-loss", "per-sequence-seqwise", "per-sequence-framewise",
                  "measures-seqwise", "measures-framewise"):  # fmt: skip
-        for ext in ("md", "csv", "tex"):
+        for ext in ("md", "csv", "tex", "html"):
             assert (out / f"{stem}.{ext}").is_file(), f"{stem}.{ext}"
     assert (out / "per-sequence-seqwise.png").is_file() and (out / "summary.md").is_file()
     md = (out / "table1.md").read_text()
@@ -228,3 +230,49 @@ def test_track_baseline_is_a_no_learning_row_after_the_learned_runs(tmp_path, ts
     assert ours == ["full", "baseline", "baseline_tracks", "all-foreground"]
     row = table[table["method"] == "baseline_tracks"].iloc[0]
     assert row["source"] == "ours, no learning" and row["SEQ J"] == pytest.approx(75.0)
+
+
+class _Cells(HTMLParser):
+    """The text of every <th>/<td> of a page, row by row."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows, self._cell = [], None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "tr":
+            self.rows.append([])
+        elif tag in ("th", "td"):
+            self._cell = ""
+
+    def handle_endtag(self, tag):
+        if tag in ("th", "td"):
+            self.rows[-1].append(self._cell)
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell += data
+
+
+def test_html_tables_hold_the_csv_numbers_as_the_markdown_shows_them(tmp_path, tsvs):
+    """The .html page of a table (what Snakemake's report shows): same header and rows as the .csv, numbers with
+    one decimal (counts as integers), missing values as a dash, and the protocol notes under it (text escaped)."""
+    out = run(tmp_path, tsvs)
+    for stem in ("table1", "per-sequence-framewise", "measures-seqwise"):
+        csv = pd.read_csv(out / f"{stem}.csv", dtype=str, keep_default_na=False)
+        page = (out / f"{stem}.html").read_text()
+        cells = _Cells()
+        cells.feed(page)
+        assert cells.rows[0] == list(csv.columns)
+        assert len(cells.rows) == len(csv) + 1
+        for row, (_, expected) in zip(cells.rows[1:], csv.iterrows(), strict=True):
+            for got, want in zip(row, expected, strict=True):
+                if want == "":
+                    assert got == "–"
+                elif re.fullmatch(r"-?\d+\.\d+", want):
+                    assert got == f"{float(want):.1f}", (stem, row)
+                else:
+                    assert got == want, (stem, row)
+        assert "<li><b>Quoted</b>" in page and "NOT produced by this pipeline" in page
+    assert "no results" in to_html(pd.DataFrame(), "Empty", "")

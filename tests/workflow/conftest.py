@@ -1,4 +1,9 @@
-"""Helpers to run Snakemake as a user would: a subprocess in a scratch working directory."""
+"""Helpers to run Snakemake as a user would: a subprocess in a scratch working directory.
+
+`finished_run` (session scope) is the tiny end-to-end run (tests/config.test.yaml) finished once for the session,
+shared by test_e2e.py and test_report.py: a test may plan (-n) on it or read it, and one that removes an artefact
+puts it back as it was.
+"""
 
 from __future__ import annotations
 
@@ -43,3 +48,10 @@ def job_counts(output: str) -> dict[str, int]:
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    workdir = tmp_path_factory.mktemp("e2e")
+    snakemake(workdir, "--cores", "2", "--configfile", str(TEST_CONFIG))
+    return workdir

@@ -901,8 +901,8 @@ RELEASED_TABLES_DIR = f"{TABLES_DIR}/{RELEASED_RUN}"  # the released checkpoints
 
 
 def table_files(stem, folder=TABLES_DIR):
-    """The .md, .csv and .tex files of one table in `folder`."""
-    return [f"{folder}/{stem}.{ext}" for ext in ("md", "csv", "tex")]
+    """The .md, .csv, .tex and .html files of one table in `folder` (the .html page is what the report shows)."""
+    return [f"{folder}/{stem}.{ext}" for ext in ("md", "csv", "tex", "html")]
 
 
 def per_dataset_table_files(folder=TABLES_DIR, datasets=None):
@@ -918,7 +918,7 @@ def per_dataset_table_files(folder=TABLES_DIR, datasets=None):
 
 
 def ablation_files():
-    """The .md, .csv and .tex files of every ablation table (tables.ablations)."""
+    """The table files of every ablation table (tables.ablations)."""
     return [
         path
         for group in config["tables"]["ablations"]

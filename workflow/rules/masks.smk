@@ -62,7 +62,14 @@ rule draw_pictures:
         masks="results/{dataset}/masks/{run}/{sequence}.zarr",
         frames="results/{dataset}/frames/{sequence}.zarr",
     output:
-        directory("results/{dataset}/masks/{run}/{sequence}"),
+        report(
+            directory("results/{dataset}/masks/{run}/{sequence}"),
+            patterns=REPORT_PICTURE_PATTERNS,
+            caption=report_caption("pictures"),
+            category="Masks ({dataset})",
+            subcategory="{run}",
+            labels=picture_labels,
+        ),
     log:
         "logs/{dataset}/masks/{run}/{sequence}.pictures.log",
     params:

@@ -11,7 +11,13 @@ rule train_model:
     output:
         model="results/{dataset}/train/{run}/model.pt",
         metrics="results/{dataset}/train/{run}/metrics.jsonl",
-        curve="results/{dataset}/train/{run}/loss.png",
+        curve=report(
+            "results/{dataset}/train/{run}/loss.png",
+            caption=report_caption("loss"),
+            category="Training",
+            subcategory="{dataset}",
+            labels={"run": "{run}"},
+        ),
         best="results/{dataset}/train/{run}/best.pt",
     log:
         "logs/{dataset}/train/{run}.log",
