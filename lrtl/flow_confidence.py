@@ -13,10 +13,13 @@ more often than textured surfaces seen in both frames. The flow loss of training
     ok = consistent(forward, backward)                 # bool [H, W]
     weight = consistency_weights(group, signed, size)  # float32 [T, h, w] in [0, 1]: the fraction of pixels of
                                                        # each cell of the loss grid that pass, per frame
+    trust = read_trust(path, size)                     # float32 [T, h, w]: the same for each frame's gap-1 motion
+                                                       # (the motion merge of inference, `infer.motion_trust`)
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -51,9 +54,24 @@ def consistency_weights(group: Any, signed: int, size: Sequence[int]) -> np.ndar
     n_frames = int(group.attrs["n_frames"])
     height, width = int(size[0]), int(size[1])
     out = np.ones((n_frames, height, width), np.float32)  # [T, h, w]
-    forward_all = group[stores.flow_name(signed)]
-    backward_all = group[stores.flow_name(-signed)]
     for t in range(max(0, -signed), min(n_frames, n_frames - signed)):
-        ok = consistent(forward_all[t], backward_all[t + signed]).astype(np.float32)  # [H, W]
-        out[t] = cv2.resize(ok, (width, height), interpolation=cv2.INTER_AREA)
+        out[t] = consistency_weights_at(group, signed, t, (height, width))
     return out
+
+
+def read_trust(path: str | os.PathLike, size: Sequence[int]) -> np.ndarray:
+    """A flow store -> the consistency of every frame's gap-1 motion at `size`, float32 [T, h, w]: of the forward
+    flow t -> t+1, and for the last frame of the backward flow t -> t-1 (as lrtl.model_inputs.input_flow_field)."""
+    group = stores.open_flow(path)
+    n_frames = int(group.attrs["n_frames"])
+    if n_frames < 2:
+        return np.ones((n_frames, int(size[0]), int(size[1])), np.float32)
+    trust = consistency_weights(group, 1, size)  # [T, h, w]; the last frame has no forward flow
+    trust[-1] = consistency_weights_at(group, -1, n_frames - 1, size)
+    return trust
+
+
+def consistency_weights_at(group: Any, signed: int, t: int, size: Sequence[int]) -> np.ndarray:
+    """consistency_weights of one frame t -> float32 [h, w]."""
+    ok = consistent(group[stores.flow_name(signed)][t], group[stores.flow_name(-signed)][t + signed])
+    return cv2.resize(ok.astype(np.float32), (int(size[1]), int(size[0])), interpolation=cv2.INTER_AREA)
