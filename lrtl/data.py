@@ -6,6 +6,8 @@ near the end) of one sequence with one shared random horizontal flip. Per frame 
     rgb      uint8   [h, w, 3]     resized to the model input size
     flow     float32 [2, hf, wf]   forward F -> F+g (positions 0, 2) or backward F+g -> F (1, 3), pixels at
                                    the flow loss resolution, clamped to +-flow_clamp
+    flow_weight float32 [hf, wf] only with data.flow_confidence: the fraction of each cell's pixels whose flow
+                                   passes the forward-backward check (lrtl.flow_confidence), the flow loss weight
     tracks   float32 [C, N, 2]     smoothed context-window tracks, pixel (x, y) at the tracks' resolution
     vis      bool    [C, N]        visibility of those tracks
     loc      float32 [N, 2]        unsmoothed position at the frame, x / (W - 1) * 2 - 1 (same for y)
@@ -30,11 +32,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 
 from lrtl import stores
 from lrtl.cli import StageError
+from lrtl.flow_confidence import consistency_weights, consistent
 from lrtl.imageops import resize_flow, resize_rgb
 from lrtl.model_inputs import read_input_flow
 from lrtl.runtime import limit_threads
@@ -60,6 +64,7 @@ class SequenceData:
     flow: dict[int, np.ndarray] | None  # preloaded: signed gap -> float32 [T, 2, hf, wf] (invalid rows zero)
     tracks_index: Path
     input_flow: np.ndarray | None = None  # float32 [T, 2, h, w] network flow input (lrtl.model_inputs), or None
+    flow_weight: dict[int, np.ndarray] | None = None  # preloaded: signed gap -> float32 [T, hf, wf], or None
 
 
 # --------------------------------------------------------------------------- pure sampling steps
@@ -291,13 +296,16 @@ def load_sequence(
             f"{flow}: no flow for gaps {missing} (has {flow_group.attrs['gaps']}); add them to "
             f"flow.gaps or remove them from the train run's data.gaps"
         )
-    flows = None
+    flows, weights = None, None
     if params.preload_flow:
         flows = {}
         for signed in (signed for gap in params.gaps for signed in (gap, -gap)):
             field = flow_group[stores.flow_name(signed)][...]  # [T, H, W, 2]
             stores.check_finite(field, flow, "flow", stores.flow_name(signed))
             flows[signed] = loss_flow(field, params)
+        if params.flow_confidence:
+            size = flows[params.gaps[0]].shape[-2:]
+            weights = {signed: consistency_weights(flow_group, signed, size) for signed in flows}
     reader = open_tracks(tracks)
     if reader.n_frames != n_frames:
         raise StageError(
@@ -313,7 +321,7 @@ def load_sequence(
     if flow_input:
         input_flow = read_input_flow(flow, input_size)  # [T, 2, h, w]
     return SequenceData(name=name, n_frames=n_frames, rgb=rgb, flow_path=Path(flow), flow=flows,
-                        tracks_index=Path(tracks), input_flow=input_flow)
+                        tracks_index=Path(tracks), input_flow=input_flow, flow_weight=weights)
 
 
 def loss_flow(flow: np.ndarray, params: DataParams) -> np.ndarray:
@@ -402,6 +410,15 @@ class TrainItems(torch.utils.data.Dataset):
             self._flow_groups[seq] = stores.open_flow(sequence.flow_path)
         return loss_flow(stores.read_flow(self._flow_groups[seq], gap, frame)[None], self.params)[0]
 
+    def _flow_weight(self, seq: int, gap: int, frame: int, size: Sequence[int]) -> np.ndarray:
+        """Forward-backward consistency of flow frame -> frame + gap on the loss grid, float32 [hf, wf]."""
+        sequence = self.sequences[seq]
+        if sequence.flow_weight is not None:
+            return sequence.flow_weight[gap][frame]
+        group = self._flow_groups[seq]  # opened by _flow
+        ok = consistent(stores.read_flow(group, gap, frame), stores.read_flow(group, -gap, frame + gap))
+        return cv2.resize(ok.astype(np.float32), (size[1], size[0]), interpolation=cv2.INTER_AREA)
+
     def item_plan(self, key: int) -> tuple[np.random.Generator, int, int, list[int], bool]:
         """(generator, sequence index, gap, 4 frames, flip) of item `key`."""
         rng = np.random.default_rng([self.seed, key])
@@ -448,6 +465,11 @@ class TrainItems(torch.utils.data.Dataset):
         }
         if sequence.input_flow is not None:
             item["flow_input"] = sequence.input_flow[frames]  # [4, 2, h, w]
+        if params.flow_confidence:
+            size = flows[0].shape[-2:]
+            item["flow_weight"] = np.stack([
+                self._flow_weight(seq, g, f, size) for g, f in zip(signed_gaps, frames, strict=True)
+            ])  # [4, hf, wf]
         if flip:
             item = flip_item(item, width, negate_u=not self.compat_reference)
         return item
@@ -469,6 +491,8 @@ def flip_item(item: dict[str, Any], width: int, negate_u: bool) -> dict[str, Any
         flow_input = item["flow_input"][..., ::-1].copy()  # [4, 2, h, w]
         flow_input[:, 0] = -flow_input[:, 0]
         extra["flow_input"] = flow_input
+    if "flow_weight" in item:
+        extra["flow_weight"] = np.ascontiguousarray(item["flow_weight"][..., ::-1])  # [4, hf, wf]
     return {
         **item,
         "rgb": np.ascontiguousarray(item["rgb"][:, :, ::-1]),

@@ -53,6 +53,7 @@ from tqdm import tqdm
 from lrtl.backbones import DinoViT
 from lrtl.checkpoint import load_checkpoint
 from lrtl.cli import StageError, add_settings_argument, json_params, run_stage
+from lrtl.flow_confidence import read_trust
 from lrtl.imageops import resize_rgb
 from lrtl.model_inputs import (
     input_flow_of,
@@ -91,6 +92,7 @@ class InferParams(Params):
     dino_weights: str | None  # local DINO ViT-S/8 weights file (dino_vits8 only); null = random (tests only)
     dino_patch_stride: int  # patch-embedding stride of the merge ViT, pixels (paper 4)
     refine: RefineParams  # edge-aware upsampling of the merged masks to the frames store
+    motion_trust: bool  # motion merge: weight each pixel's speed by its flow's forward-backward consistency
 
 
 # --------------------------------------------------------------------------- merge (pure functions)
@@ -228,12 +230,18 @@ class Predictor:
 
     @torch.no_grad()
     def predict(
-        self, rgb: np.ndarray, flow: np.ndarray | None = None, speed: np.ndarray | None = None
+        self,
+        rgb: np.ndarray,
+        flow: np.ndarray | None = None,
+        speed: np.ndarray | None = None,
+        trust: np.ndarray | None = None,
     ) -> dict[str, np.ndarray]:
         """rgb uint8 [T, H, W, 3] (and, for a model that takes flow, its encoded flow float32 [T, 2, h, w] at the
         input size, lrtl.model_inputs.read_input_flow) -> soft float32 [T, K, h, w], merged float32
         [T, 2, h, w], groups int [T, K]. With `speed`, the residual speed maps float32 [T, h, w] at the input size
-        (lrtl.model_inputs.read_residual_speed), the masks are merged by motion (motion_groups), else by features."""
+        (lrtl.model_inputs.read_residual_speed), the masks are merged by motion (motion_groups), else by features;
+        `trust` float32 [T, h, w] in [0, 1] (lrtl.flow_confidence) weights each pixel's speed in its masks' mean, so
+        that a mask whose flow cannot be trusted (sky, occlusions) counts as still."""
         if "flow" in self.inputs and (flow is None or len(flow) != len(rgb)):
             raise StageError(f"the model takes optical flow as input: give the flow of all {len(rgb)} frames")
         if speed is not None and speed.shape != (len(rgb), *self.input_size):
@@ -256,7 +264,11 @@ class Predictor:
             if speed is not None:
                 mass_np = soft_np.sum(axis=(-2, -1))  # [B, K]
                 speed_batch = speed[start : start + self.batch_size]  # [B, h, w]
-                mean_speed = np.einsum("bkhw,bhw->bk", soft_np, speed_batch) / np.maximum(mass_np, 1e-12)  # [B, K]
+                weighted = soft_np  # [B, K, h, w]
+                if trust is not None:
+                    weighted = soft_np * trust[start : start + self.batch_size, None]
+                trusted_mass = weighted.sum(axis=(-2, -1))  # [B, K]
+                mean_speed = np.einsum("bkhw,bhw->bk", weighted, speed_batch) / np.maximum(trusted_mass, 1e-12)
                 groups_batch = [motion_groups(mean_speed[b], mass_np[b]) for b in range(len(soft_np))]
             else:
                 feats = (
@@ -319,7 +331,8 @@ def run_infer(
         raise StageError(f"{flow}: {len(motion)} frames, but {frames} has {len(rgb)}; rebuild its flow")
     flow_input = input_flow_of(motion) if takes_flow else None  # [T, 2, h, w]
     speed = residual_speed_of(motion) if merges_by_motion else None  # [T, h, w]
-    result = predictor.predict(rgb, flow_input, speed)
+    trust = read_trust(flow, predictor.input_size) if merges_by_motion and params.motion_trust else None
+    result = predictor.predict(rgb, flow_input, speed, trust)
     merged = result["merged"]  # [T, 2, h, w]
     if params.refine.radius > 0:
         merged = np.stack([

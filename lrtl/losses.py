@@ -387,13 +387,17 @@ def quadratic_basis(height: int, width: int, dtype=torch.float64, device=None) -
     return torch.stack([aa, cc, aa * aa, cc * cc, aa * cc, torch.ones_like(aa)], dim=1)  # [L, 6]
 
 
-def flow_loss(masks: torch.Tensor, flow: torch.Tensor, ridge: float = 1e-10) -> torch.Tensor:
+def flow_loss(
+    masks: torch.Tensor, flow: torch.Tensor, ridge: float = 1e-10, weight: torch.Tensor | None = None
+) -> torch.Tensor:
     """Quadratic flow-reconstruction loss L_flow (METHOD.md §7.1; GWM's loss).
 
     masks: [B, K, H, W] softmax masks at the flow's resolution (the caller upsamples bilinearly).
     flow:  [B, 2, H, W] flow (u, v) in pixels (the caller clamps to ±20).
     ridge: Tikhonov term, relative to the mean diagonal of each 6 x 6 normal matrix; it only matters for
            masks that are ~0 everywhere (the reference's QR has none).
+    weight: [B, H, W] per-pixel confidence in [0, 1] (lrtl.flow_confidence), or None (all 1, GWM's loss): each
+           segment's fit and the error are weighted by it, so untrusted flow neither shapes nor scores a segment.
     For each (b, k) and each flow component, θ = argmin ‖diag(m_k) Φ θ − m_k ⊙ F‖² (6 + 6 = 12 parameters
     per segment), solved through the 6 x 6 normal equations in float64; F̂ = Σ_k diag(m_k) Φ θ_k.
     Returns the scalar mean over (b, component, i, j) of (F − F̂)², in masks' dtype; differentiable in
@@ -407,6 +411,9 @@ def flow_loss(masks: torch.Tensor, flow: torch.Tensor, ridge: float = 1e-10) -> 
     m = masks.reshape(batch, n_masks, n_pix).to(torch.float64)  # [B, K, L]
     f = flow.reshape(batch, 2, n_pix).to(torch.float64)  # [B, 2, L]
     m2 = m.square()
+    if weight is not None:
+        c = weight.reshape(batch, 1, n_pix).to(torch.float64)  # [B, 1, L]
+        m2 = m2 * c
     outer = (phi.unsqueeze(2) * phi.unsqueeze(1)).reshape(n_pix, 36)  # [L, 36]
     normal = (m2 @ outer).reshape(batch, n_masks, 6, 6)  # [B, K, 6, 6] = Φᵀ M² Φ
     rhs = (m2.unsqueeze(2) * f.unsqueeze(1)) @ phi  # [B, K, 2, 6] = (Φᵀ M² F)ᵀ per component
@@ -416,7 +423,10 @@ def flow_loss(masks: torch.Tensor, flow: torch.Tensor, ridge: float = 1e-10) -> 
     theta = torch.linalg.solve(normal + reg * eye, rhs.transpose(-1, -2))  # [B, K, 6, 2]
     fitted = theta.transpose(-1, -2) @ phi.T  # [B, K, 2, L] = Φ θ_k
     recon = (m.unsqueeze(2) * fitted).sum(1)  # [B, 2, L]
-    return (f - recon).square().mean().to(masks.dtype)
+    error = (f - recon).square()  # [B, 2, L]
+    if weight is not None:
+        error = error * c
+    return error.mean().to(masks.dtype)
 
 
 # --------------------------------------------------------------------------------------------------

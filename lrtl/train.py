@@ -157,7 +157,7 @@ def compute_losses(
     if loss.w_flow:
         flow = batch["flow"]  # [4B, 2, hf, wf]
         resized = F.interpolate(masks, size=flow.shape[-2:], mode="bilinear", align_corners=False)
-        raw = losses.flow_loss(resized, flow)
+        raw = losses.flow_loss(resized, flow, weight=batch.get("flow_weight"))
         terms["raw_flow"], terms["flow"] = raw, loss.w_flow * raw
     if loss.w_traj:
         weights = losses.mask_weights(masks, batch["loc"], loss.weight_clamp, align_corners)  # [4B, K, N]

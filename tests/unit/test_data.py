@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from lrtl import data
+from lrtl import data, stores
 from lrtl.data import TrainItems, flip_item, load_sequence, sample_frame_tracks
 from lrtl.train_params import DataParams
 from tests.conftest import config_section
@@ -410,3 +410,22 @@ def test_items_carry_the_network_flow_input_and_flip_it(inputs):
     np.testing.assert_array_equal(flipped["flow_input"][:, 0], -item["flow_input"][:, 0, :, ::-1])
     np.testing.assert_array_equal(flipped["flow_input"][:, 1], item["flow_input"][:, 1, :, ::-1])
     np.testing.assert_array_equal(flip_item(flipped, width=96, negate_u=False)["flow_input"], item["flow_input"])
+
+
+def test_items_carry_the_flow_consistency_weight_preloaded_or_read_and_flip_it(inputs):
+    from lrtl.flow_confidence import consistent
+
+    assert "flow_weight" not in make_items(inputs)[0]
+    preloaded = make_items(inputs, flow_confidence=True, flip=0.0)
+    lazy = make_items(inputs, flow_confidence=True, flip=0.0, preload_flow=False)
+    item = preloaded[5]
+    seq, frames = int(item["sequence"]), item["frames"]
+    gap = int(frames[1] - frames[0])
+    group = stores.open_flow(inputs["flow"][seq])
+    ok = consistent(stores.read_flow(group, gap, int(frames[0])), stores.read_flow(group, -gap, int(frames[1])))
+    assert item["flow_weight"].shape == (4, 32, 48)
+    assert item["flow_weight"].min() >= 0.0 and item["flow_weight"].max() <= 1.0
+    np.testing.assert_allclose(item["flow_weight"][0].mean(), ok.mean(), atol=1e-5)  # area averages keep the mean
+    np.testing.assert_allclose(lazy[5]["flow_weight"], item["flow_weight"], atol=1e-6)
+    flipped = flip_item(item, width=96, negate_u=True)
+    np.testing.assert_array_equal(flipped["flow_weight"], item["flow_weight"][..., ::-1])
