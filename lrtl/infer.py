@@ -150,6 +150,15 @@ def merge_groups(features: np.ndarray, mass: np.ndarray) -> np.ndarray:
     return groups
 
 
+def mask_speeds(soft: np.ndarray, speed: np.ndarray, trust: np.ndarray | None = None) -> np.ndarray:
+    """Mean residual speed of each soft mask: soft [B, K, h, w], speed [B, h, w] px, optional trust [B, h, w] in
+    [0, 1] weighting each pixel (lrtl.flow_confidence.read_trust) -> [B, K]. A mask with no trusted pixel is still
+    (speed 0): motion that cannot be trusted never makes a mask move."""
+    weighted = soft if trust is None else soft * trust[:, None]  # [B, K, h, w]
+    total = weighted.sum(axis=(-2, -1))  # [B, K]
+    return np.einsum("bkhw,bhw->bk", weighted, speed) / np.maximum(total, 1e-12)
+
+
 def motion_groups(speed: np.ndarray, mass: np.ndarray) -> np.ndarray:
     """Group of each of K masks from their mean residual speed [K] (px) and mass [K] -> int [K]; group 0 moves.
 
@@ -263,12 +272,8 @@ class Predictor:
             soft_np = soft.cpu().numpy()
             if speed is not None:
                 mass_np = soft_np.sum(axis=(-2, -1))  # [B, K]
-                speed_batch = speed[start : start + self.batch_size]  # [B, h, w]
-                weighted = soft_np  # [B, K, h, w]
-                if trust is not None:
-                    weighted = soft_np * trust[start : start + self.batch_size, None]
-                trusted_mass = weighted.sum(axis=(-2, -1))  # [B, K]
-                mean_speed = np.einsum("bkhw,bhw->bk", weighted, speed_batch) / np.maximum(trusted_mass, 1e-12)
+                window = slice(start, start + self.batch_size)
+                mean_speed = mask_speeds(soft_np, speed[window], None if trust is None else trust[window])  # [B, K]
                 groups_batch = [motion_groups(mean_speed[b], mass_np[b]) for b in range(len(soft_np))]
             else:
                 feats = (

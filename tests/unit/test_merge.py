@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from lrtl.infer import affinity, mask_features, merge_groups, merge_masks, motion_groups
+from lrtl.infer import affinity, mask_features, mask_speeds, merge_groups, merge_masks, motion_groups
 
 
 def one_hot_masks(labels: np.ndarray, k: int) -> np.ndarray:
@@ -113,3 +113,20 @@ def test_motion_merge_degenerate_cases():
     assert motion_groups(np.array([0.1, 3.0]), np.array([500.0, 50.0])).tolist() == [1, 0]  # K = 2: faster first
     assert motion_groups(np.array([0.1, 3.0, 1.0]), np.array([500.0, 0.0, 50.0])).tolist() == [1, 1, 0]
     assert motion_groups(np.array([0.1, 3.0, 1.0]), np.array([500.0, 0.0, 0.0])).tolist() == [0, 1, 1]
+
+
+def test_untrusted_motion_never_makes_a_mask_move():
+    # 3 masks on a 4 x 6 frame: background (left), object (middle, 2 px/frame), "sky" (right) whose flow is noise
+    # at 5 px/frame but fails the forward-backward check. Trusted, the sky counts as still and joins the background.
+    soft = np.zeros((1, 3, 4, 6))
+    soft[0, 0, :, :2] = soft[0, 1, :, 2:4] = soft[0, 2, :, 4:] = 1.0
+    speed = np.zeros((1, 4, 6))
+    speed[0, :, 2:4], speed[0, :, 4:] = 2.0, 5.0
+    trust = np.ones((1, 4, 6))
+    trust[0, :, 4:] = 0.0
+    trust[0, 0, 2] = 0.0  # one untrusted object pixel does not change the object's mean
+    np.testing.assert_allclose(mask_speeds(soft, speed)[0], [0.0, 2.0, 5.0])
+    np.testing.assert_allclose(mask_speeds(soft, speed, trust)[0], [0.0, 2.0, 0.0])
+    mass = soft.sum(axis=(-2, -1))[0]
+    assert motion_groups(mask_speeds(soft, speed)[0], mass).tolist() == [1, 0, 0]  # the sky joins the object
+    assert motion_groups(mask_speeds(soft, speed, trust)[0], mass).tolist() == [1, 0, 1]
