@@ -13,7 +13,7 @@ rule infer_masks:
         "benchmarks/{dataset}/masks/{run}/{sequence}.tsv"
     wildcard_constraints:
         run="|".join(PIPELINE_RUNS + [RELEASED_RUN]),
-    threads: 2
+    threads: 1  # inference of the small model keeps one core busy (benchmarks: CPU s / wall s 0.99)
     resources:
         gpu=model_gpus,
         mem_mb=8000,

@@ -25,7 +25,8 @@ rule train_model:
         "benchmarks/{dataset}/train/{run}.tsv"
     wildcard_constraints:
         run="|".join(PIPELINE_RUNS),
-    threads: 2
+    threads: 1  # the small CPU model keeps ~1.1 cores busy with 2 torch threads (its data worker included), so one
+    # thread lets another job share the second core (the first command: 395 -> 290 s wall); --set-threads train_model=N
     resources:
         gpu=model_gpus,
         mem_mb=16000,
