@@ -415,7 +415,7 @@ def test_items_carry_the_network_flow_input_and_flip_it(inputs):
 def test_items_carry_the_flow_consistency_weight_preloaded_or_read_and_flip_it(inputs):
     from lrtl.flow_confidence import consistent
 
-    assert "flow_weight" not in make_items(inputs)[0]
+    assert "flow_weight" not in make_items(inputs, flow_confidence=False)[0]
     preloaded = make_items(inputs, flow_confidence=True, flip=0.0)
     lazy = make_items(inputs, flow_confidence=True, flip=0.0, preload_flow=False)
     item = preloaded[5]

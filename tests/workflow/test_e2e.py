@@ -106,12 +106,12 @@ def test_editing_a_result_param_reruns_exactly_its_dependents(finished_run: Path
     counts = job_counts(snakemake(finished_run, "-n", "--configfile", str(TEST_CONFIG), str(overlay)).stdout)
     assert counts == {"infer_masks": learned, "draw_pictures": learned, "evaluate_sequence": learned,
                       "make_tables": 1, "all": 1}
-    overlay.write_text("train: {defaults: {iterations: 5}}\n")
+    overlay.write_text("datasets: {synthetic: {train: {iterations: 5}}}\n")  # the synthetic dataset's own steps
     counts = job_counts(snakemake(finished_run, "-n", "--configfile", str(TEST_CONFIG), str(overlay)).stdout)
     assert counts["train_model"] == 1 and counts["infer_masks"] == learned
     assert not {"compute_flow", "track_chunk", "baseline_masks"} & set(counts)
     typed = snakemake(finished_run, "-n", "--configfile", str(TEST_CONFIG), "--config",
-                      "train={defaults: {iterations: 5}}")  # nested --config values are typed by the schema
+                      "datasets={synthetic: {train: {iterations: 5}}}")  # nested --config values are typed by the schema
     assert job_counts(typed.stdout) == counts
 
 
