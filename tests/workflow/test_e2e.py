@@ -110,8 +110,9 @@ def test_editing_a_result_param_reruns_exactly_its_dependents(finished_run: Path
     counts = job_counts(snakemake(finished_run, "-n", "--configfile", str(TEST_CONFIG), str(overlay)).stdout)
     assert counts["train_model"] == 1 and counts["infer_masks"] == learned
     assert not {"compute_flow", "track_chunk", "baseline_masks"} & set(counts)
+    # nested --config values are typed by the schema
     typed = snakemake(finished_run, "-n", "--configfile", str(TEST_CONFIG), "--config",
-                      "datasets={synthetic: {train: {iterations: 5}}}")  # nested --config values are typed by the schema
+                      "datasets={synthetic: {train: {iterations: 5}}}")
     assert job_counts(typed.stdout) == counts
 
 
