@@ -33,8 +33,14 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
-from lrtl.cli import StageError
-from lrtl.synthetic import PATTERNS, SHAPES, _shape_vertices, background_texture, object_texture
+from lrtl.synthetic import (
+    PATTERNS,
+    SHAPES,
+    SceneFrames,
+    _shape_vertices,
+    background_texture,
+    object_texture,
+)
 
 if TYPE_CHECKING:
     from lrtl.synthetic import ParallaxParams, SyntheticParams
@@ -100,17 +106,11 @@ def _sample(levels: list[np.ndarray], tx: np.ndarray, ty: np.ndarray, footprint:
 # --------------------------------------------------------------------------- the scene
 
 
-class ParallaxScene:
+class ParallaxScene(SceneFrames):
     """A rendered-on-demand parallax sequence with exact flow, tracks and object ids (the API of synthetic.Scene)."""
 
     def __init__(self, description: dict[str, Any]):
-        if description.get("version") != PARALLAX_VERSION:
-            raise StageError(f"parallax scene version {description.get('version')} != {PARALLAX_VERSION}; "
-                             "regenerate the synthetic dataset")
-        self.description = description
-        self.n_frames = int(description["n_frames"])
-        self.height = int(description["height"])
-        self.width = int(description["width"])
+        super().__init__(description, PARALLAX_VERSION, "parallax")
         cam = description["camera"]
         self.focal = float(cam["focal"])
         self._principal = np.array([(self.width - 1) / 2, (self.height - 1) / 2])
@@ -135,16 +135,6 @@ class ParallaxScene:
             self._masks[self._first_object + k] = mask.astype(bool)
         self._levels: list[list[np.ndarray] | None] | None = None
         self._hit_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        yy, xx = np.mgrid[0:self.height, 0:self.width]
-        self._grid = np.stack([xx, yy], axis=-1).astype(np.float64)  # [H, W, 2] (x, y)
-
-    @property
-    def n_objects(self) -> int:
-        return len(self.description["objects"])
-
-    def _check_frame(self, frame: int) -> None:
-        if not 0 <= frame < self.n_frames:
-            raise ValueError(f"frame {frame} outside 0..{self.n_frames - 1}")
 
     def object_of(self, surface: np.ndarray) -> np.ndarray:
         """Object id uint8 [...] of surface indices [...]: 0 for the sky and the static planes."""
@@ -327,8 +317,7 @@ class ParallaxScene:
                 tracks[i], depth = self._carry(surface, local, t)
                 in_front = depth > MIN_DEPTH
             pos = tracks[i]
-            in_frame = ((pos[:, 0] >= -0.5) & (pos[:, 0] < self.width - 0.5)
-                        & (pos[:, 1] >= -0.5) & (pos[:, 1] < self.height - 0.5) & in_front)
+            in_frame = self._in_frame(pos) & in_front
             vis[i] = in_frame if t == query_frame else in_frame & (self.surface_at(t, pos) == surface)
         return tracks.astype(np.float32), vis
 

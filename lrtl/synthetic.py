@@ -233,17 +233,40 @@ def object_texture(spec: dict[str, Any], size: int) -> np.ndarray:
 # --------------------------------------------------------------------------- the scene
 
 
-class Scene:
-    """A rendered-on-demand synthetic sequence with exact flow, tracks and object ids."""
+class SceneFrames:
+    """What every scene kind shares (Scene, lrtl.parallax.ParallaxScene): its description's version check, frame
+    count and size, the pixel grid, and the frame and in-frame checks."""
 
-    def __init__(self, description: dict[str, Any]):
-        if description.get("version") != SCENE_VERSION:
-            raise StageError(f"synthetic scene version {description.get('version')} != {SCENE_VERSION}; "
+    def __init__(self, description: dict[str, Any], version: int, kind: str):
+        if description.get("version") != version:
+            raise StageError(f"{kind} scene version {description.get('version')} != {version}; "
                              "regenerate the synthetic dataset")
         self.description = description
         self.n_frames = int(description["n_frames"])
         self.height = int(description["height"])
         self.width = int(description["width"])
+        yy, xx = np.mgrid[0:self.height, 0:self.width]
+        self._grid = np.stack([xx, yy], axis=-1).astype(np.float64)  # [H, W, 2] (x, y)
+
+    @property
+    def n_objects(self) -> int:
+        return len(self.description["objects"])
+
+    def _check_frame(self, frame: int) -> None:
+        if not 0 <= frame < self.n_frames:
+            raise ValueError(f"frame {frame} outside 0..{self.n_frames - 1}")
+
+    def _in_frame(self, pos: np.ndarray) -> np.ndarray:
+        """Positions [N, 2] (x, y) inside the frame (-0.5 <= x < W - 0.5, same for y) -> bool [N]."""
+        return ((pos[:, 0] >= -0.5) & (pos[:, 0] < self.width - 0.5)
+                & (pos[:, 1] >= -0.5) & (pos[:, 1] < self.height - 0.5))
+
+
+class Scene(SceneFrames):
+    """A rendered-on-demand synthetic sequence with exact flow, tracks and object ids."""
+
+    def __init__(self, description: dict[str, Any]):
+        super().__init__(description, SCENE_VERSION, "synthetic")
         bg = description["background"]
         # layers: 0 = background, k = object k (depth order back -> front); transforms [L][T] 3x3 float64
         self._transforms = [np.stack([_to3(a) for a in bg["transforms"]])]
@@ -258,16 +281,6 @@ class Scene:
         self._inverse = [np.linalg.inv(t) for t in self._transforms]
         self._textures: list[np.ndarray] | None = None
         self._ids_cache: dict[int, np.ndarray] = {}
-        yy, xx = np.mgrid[0:self.height, 0:self.width]
-        self._grid = np.stack([xx, yy], axis=-1).astype(np.float64)  # [H, W, 2] (x, y)
-
-    @property
-    def n_objects(self) -> int:
-        return len(self.description["objects"])
-
-    def _check_frame(self, frame: int) -> None:
-        if not 0 <= frame < self.n_frames:
-            raise ValueError(f"frame {frame} outside 0..{self.n_frames - 1}")
 
     def textures(self) -> list[np.ndarray]:
         if self._textures is None:
@@ -350,8 +363,7 @@ class Scene:
                     m = self._transforms[layer][t] @ self._inverse[layer][query_frame]
                     tracks[i, sel] = _apply(m, query_xy[sel])
             pos = tracks[i]
-            in_frame = ((pos[:, 0] >= -0.5) & (pos[:, 0] < self.width - 0.5)
-                        & (pos[:, 1] >= -0.5) & (pos[:, 1] < self.height - 0.5))
+            in_frame = self._in_frame(pos)
             vis[i] = in_frame if t == query_frame else in_frame & (self.surface_at(t, pos) == layer_of)
         return tracks.astype(np.float32), vis
 
