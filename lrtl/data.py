@@ -298,14 +298,15 @@ def load_sequence(
         )
     flows, weights = None, None
     if params.preload_flow:
-        flows = {}
-        for signed in (signed for gap in params.gaps for signed in (gap, -gap)):
-            field = flow_group[stores.flow_name(signed)][...]  # [T, H, W, 2]
-            stores.check_finite(field, flow, "flow", stores.flow_name(signed))
-            flows[signed] = loss_flow(field, params)
-        if params.flow_confidence:
-            size = flows[params.gaps[0]].shape[-2:]
-            weights = {signed: consistency_weights(flow_group, signed, size) for signed in flows}
+        flows, weights = {}, ({} if params.flow_confidence else None)
+        for gap in params.gaps:  # both directions of a gap in memory at once: each is the other's check
+            fields = {signed: flow_group[stores.flow_name(signed)][...] for signed in (gap, -gap)}  # [T, H, W, 2]
+            for signed, field in fields.items():
+                stores.check_finite(field, flow, "flow", stores.flow_name(signed))
+                flows[signed] = loss_flow(field, params)
+            if weights is not None:
+                for signed in fields:
+                    weights[signed] = consistency_weights(fields, signed, flows[signed].shape[-2:])
     reader = open_tracks(tracks)
     if reader.n_frames != n_frames:
         raise StageError(

@@ -11,8 +11,8 @@ more often than textured surfaces seen in both frames. The flow loss of training
 (`data.flow_confidence`), so that a segment is not fitted to motion that is not there.
 
     ok = consistent(forward, backward)                 # bool [H, W]
-    weight = consistency_weights(group, signed, size)  # float32 [T, h, w] in [0, 1]: the fraction of pixels of
-                                                       # each cell of the loss grid that pass, per frame
+    weight = consistency_weights(fields, signed, size)  # float32 [T, h, w] in [0, 1]: the fraction of pixels of
+                                                        # each cell of the loss grid that pass, per frame
     trust = read_trust(path, size)                     # float32 [T, h, w]: the same for each frame's gap-1 motion
                                                        # (the motion merge of inference, `infer.motion_trust`)
 """
@@ -20,7 +20,7 @@ more often than textured surfaces seen in both frames. The flow loss of training
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import cv2
@@ -47,16 +47,22 @@ def consistent(forward: np.ndarray, backward: np.ndarray, alpha: float = FB_ALPH
     return inside & (error < alpha * scale + beta)
 
 
-def consistency_weights(group: Any, signed: int, size: Sequence[int]) -> np.ndarray:
-    """Per frame t of a flow store, the fraction of the pixels of flow t -> t+signed that pass the check, area-
-    averaged onto `size` [h, w] -> float32 [T, h, w]; 1 where the flow does not exist (the last |signed| frames
-    of a direction, never used)."""
-    n_frames = int(group.attrs["n_frames"])
+def consistency_weights(fields: Mapping[int, Any], signed: int, size: Sequence[int]) -> np.ndarray:
+    """Per frame t, the fraction of the pixels of flow t -> t+signed that pass the check, area-averaged onto `size`
+    [h, w] -> float32 [T, h, w]; 1 where the flow does not exist (the last |signed| frames of a direction, never
+    used). fields: signed gap -> [T, H, W, 2] (arrays already read, or a flow store's arrays), both directions."""
+    n_frames = len(fields[signed])
     height, width = int(size[0]), int(size[1])
     out = np.ones((n_frames, height, width), np.float32)  # [T, h, w]
     for t in range(max(0, -signed), min(n_frames, n_frames - signed)):
-        out[t] = consistency_weights_at(group, signed, t, (height, width))
+        out[t] = consistency_weights_at(fields, signed, t, (height, width))
     return out
+
+
+def consistency_weights_at(fields: Mapping[int, Any], signed: int, t: int, size: Sequence[int]) -> np.ndarray:
+    """consistency_weights of one frame t -> float32 [h, w]."""
+    ok = consistent(fields[signed][t], fields[-signed][t + signed])
+    return cv2.resize(ok.astype(np.float32), (int(size[1]), int(size[0])), interpolation=cv2.INTER_AREA)
 
 
 def read_trust(path: str | os.PathLike, size: Sequence[int]) -> np.ndarray:
@@ -66,12 +72,7 @@ def read_trust(path: str | os.PathLike, size: Sequence[int]) -> np.ndarray:
     n_frames = int(group.attrs["n_frames"])
     if n_frames < 2:
         return np.ones((n_frames, int(size[0]), int(size[1])), np.float32)
-    trust = consistency_weights(group, 1, size)  # [T, h, w]; the last frame has no forward flow
-    trust[-1] = consistency_weights_at(group, -1, n_frames - 1, size)
+    fields = {1: group[stores.flow_name(1)], -1: group[stores.flow_name(-1)]}  # read frame by frame
+    trust = consistency_weights(fields, 1, size)  # [T, h, w]; the last frame has no forward flow
+    trust[-1] = consistency_weights_at(fields, -1, n_frames - 1, size)
     return trust
-
-
-def consistency_weights_at(group: Any, signed: int, t: int, size: Sequence[int]) -> np.ndarray:
-    """consistency_weights of one frame t -> float32 [h, w]."""
-    ok = consistent(group[stores.flow_name(signed)][t], group[stores.flow_name(-signed)][t + signed])
-    return cv2.resize(ok.astype(np.float32), (int(size[1]), int(size[0])), interpolation=cv2.INTER_AREA)

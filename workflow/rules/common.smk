@@ -179,9 +179,13 @@ def check_runs():
         "$defs": SCHEMA["$defs"],
         "allOf": [{"$ref": "#/$defs/train"}, {"$ref": "#/$defs/train_required"}],
     }
+    # a dataset's own training overrides, each distinct one once ("" = none: train.defaults alone)
+    owners = {"": {}}
+    for dataset, section in config["datasets"].items():
+        if section["train"] and section["train"] not in owners.values():
+            owners[dataset] = section["train"]
     for run, override in config["train"]["runs"].items():
-        for dataset, section in config["datasets"].items():
-            own = section["train"]
+        for dataset, own in owners.items():
             where = f" and datasets.{dataset}.train" if own else ""
             try:
                 jsonschema.validate(
