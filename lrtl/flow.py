@@ -37,6 +37,8 @@ class DisParams(Params):
     preset: str            # ultrafast | fast | medium (paper-free CPU default: medium)
     finest_scale: int      # pyramid level the flow is refined down to: 0 = the frames resolution, 1 = half (the presets
                            # stop at 1 or 2)
+    min_texture: float     # grey levels (0..1) per px: the flow of pixels with less texture is filled from the
+                           # textured ones around (lrtl.flow_fill); 0 = DIS's own flow everywhere
 
 
 @dataclasses.dataclass(frozen=True)
