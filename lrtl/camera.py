@@ -12,6 +12,15 @@ Three estimates of the camera's flow, for the flow baseline (lrtl.baseline, `cam
 
     camera = camera_flow(flow, "lmeds")         # [H, W, 2]
     speed = residual_speed(flow)                # [H, W]: |flow - camera|, px (lmeds)
+    speed = residual_speed(flow, "epipolar")    # [H, W]: distance from the epipolar line, px
+
+A camera that translates sees a rigid scene move by depth: near ground fast, far hillside and sky slowly. No
+affine map fits that, so under `lmeds` the depth layers themselves "move". `epipolar` measures what no rigid
+scene point can do whatever its depth: leave its epipolar line. A fundamental matrix F is fitted to the whole
+field by least median of squares (cv2.findFundamentalMat, FM_LMEDS, deterministic); a pixel's residual is the
+distance of where it lands, x' = x + flow, from its epipolar line F x (Hartley & Zisserman, ch. 9-11). Motion
+along that line is not seen, and with a still camera every F fits the static scene: when the affine map already
+explains half the pixels to within STILL_PX the field keeps the `lmeds` residual.
 """
 
 from __future__ import annotations
@@ -20,6 +29,9 @@ import cv2
 import numpy as np
 
 CAMERA_MODELS = ("median", "affine", "lmeds")
+RESIDUAL_MODELS = ("lmeds", "epipolar")
+EPIPOLAR_STRIDE = 3  # every 3rd pixel (row-major) of the field is a correspondence of the fundamental-matrix fit
+STILL_PX = 0.1  # median lmeds residual, px, below which the affine map explains the field (no parallax to see)
 
 
 def fit_affine(xy: np.ndarray, velocity: np.ndarray, valid: np.ndarray, iterations: int) -> np.ndarray:
@@ -58,5 +70,29 @@ def camera_flow(flow: np.ndarray, model: str, iterations: int = 2) -> np.ndarray
 
 
 def residual_speed(flow: np.ndarray, model: str = "lmeds") -> np.ndarray:
-    """|flow - camera flow| [H, W] of a flow field [H, W, 2], in its pixels."""
+    """What moves against the camera [H, W] in a flow field [H, W, 2], in its pixels: |flow - camera flow| under a
+    CAMERA_MODELS model, or the distance from the epipolar line (`epipolar`)."""
+    if model == "epipolar":
+        return epipolar_distance(flow)
     return np.linalg.norm(flow - camera_flow(flow, model), axis=-1)
+
+
+def epipolar_distance(flow: np.ndarray) -> np.ndarray:
+    """Distance [H, W] px of x + flow(x) from the epipolar line F x of every pixel x of a flow field [H, W, 2], F
+    fitted to the field by least median of squares; the lmeds residual where the affine map fits (STILL_PX) or no F
+    is found."""
+    affine = residual_speed(flow, "lmeds")  # [H, W]
+    if np.median(affine) < STILL_PX:
+        return affine
+    height, width = flow.shape[:2]
+    ys, xs = np.mgrid[:height, :width]
+    source = np.stack([xs.ravel(), ys.ravel(), np.ones(xs.size)], axis=1)  # [P, 3] homogeneous
+    target = source.copy()
+    target[:, :2] += flow.reshape(-1, 2)
+    fit = slice(None, None, EPIPOLAR_STRIDE)
+    matrix, _ = cv2.findFundamentalMat(source[fit, :2], target[fit, :2], cv2.FM_LMEDS)
+    if matrix is None or matrix.shape != (3, 3):  # degenerate fields, or several solutions stacked
+        return affine
+    lines = source @ matrix.T  # [P, 3]: a x' + b y' + c = 0 in the target frame
+    distance = np.abs((lines * target).sum(axis=1)) / np.maximum(np.hypot(lines[:, 0], lines[:, 1]), 1e-12)
+    return distance.reshape(height, width).astype(np.float32)

@@ -20,7 +20,8 @@ stride 4 (paper setting, weights from a local file), or `decoder` = the model's 
 upsampled to the mask resolution. K == 2 is the identity.
 
 `motion` (CPU default) groups the masks by how they move instead of how they look: each mask's soft-weighted mean
-residual speed after removing the camera's affine motion from the frame's optical flow (lrtl.model_inputs), then the
+residual speed against the camera in the frame's optical flow (`motion_residual`: lmeds, minus the dominant affine
+motion, or epipolar, the distance from the epipolar lines; lrtl.camera, lrtl.model_inputs), then the
 two-group split of log(speed + MOTION_FLOOR_PX) with the largest between-group variance, masses as weights
 (Otsu's criterion); group 0 is the faster group, the foreground. Appearance features group an object with a
 background part that looks like it; on the synthetic default with a flow-input net the decoder-feature merge
@@ -51,6 +52,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from lrtl.backbones import DinoViT
+from lrtl.camera import RESIDUAL_MODELS
 from lrtl.checkpoint import load_checkpoint
 from lrtl.cli import StageError, add_settings_argument, json_params, run_stage
 from lrtl.flow_confidence import read_trust
@@ -93,6 +95,7 @@ class InferParams(Params):
     dino_patch_stride: int  # patch-embedding stride of the merge ViT, pixels (paper 4)
     refine: RefineParams  # edge-aware upsampling of the merged masks to the frames store
     motion_trust: bool  # motion merge: weight each pixel's speed by its flow's forward-backward consistency
+    motion_residual: str  # motion merge: speed against an affine camera (lmeds) or off the epipolar lines (epipolar)
 
 
 # --------------------------------------------------------------------------- merge (pure functions)
@@ -319,6 +322,8 @@ def run_infer(
     started = time.perf_counter()
     if params.batch_size < 1:
         raise StageError(f"infer.batch_size must be >= 1, got {params.batch_size}")
+    if params.motion_residual not in RESIDUAL_MODELS:
+        raise StageError(f"infer.motion_residual must be one of {RESIDUAL_MODELS}, not {params.motion_residual!r}")
     frame_attrs = dict(open_store(frames, "frames").attrs)
     rgb = read_rgb(frames)  # [T, H, W, 3]
     predictor, cfg = build_predictor(model, params)
@@ -335,7 +340,7 @@ def run_infer(
     if motion is not None and len(motion) != len(rgb):
         raise StageError(f"{flow}: {len(motion)} frames, but {frames} has {len(rgb)}; rebuild its flow")
     flow_input = input_flow_of(motion) if takes_flow else None  # [T, 2, h, w]
-    speed = residual_speed_of(motion) if merges_by_motion else None  # [T, h, w]
+    speed = residual_speed_of(motion, params.motion_residual) if merges_by_motion else None  # [T, h, w]
     trust = read_trust(flow, predictor.input_size) if merges_by_motion and params.motion_trust else None
     result = predictor.predict(rgb, flow_input, speed, trust)
     merged = result["merged"]  # [T, 2, h, w]

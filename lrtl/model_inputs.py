@@ -16,12 +16,13 @@ across real videos than anything the network could learn from a few of them. (Re
 motion instead, as the motion merge does, scored the same on DAVIS2016-dev: J 46.1 vs 46.6.)
 
 The motion merge of inference (lrtl.infer) reads each frame's speed against the camera (read_residual_speed): the
-same flow at the input size minus the frame's dominant affine motion (lrtl.camera, lmeds).
+same flow at the input size against the camera: minus the frame's dominant affine motion (lrtl.camera, lmeds), or
+its distance from the epipolar lines (epipolar; `infer.motion_residual`).
 
     inputs = input_kinds(model_cfg)                  # ("rgb",) | ("flow",) | ("rgb", "flow")
     motion = read_motion(flow_store, size)           # float32 [T, h, w, 2], px at size: the store read once
     flow = input_flow_of(motion)                     # float32 [T, 2, h, w] when "flow" in inputs
-    speed = residual_speed_of(motion)                # float32 [T, h, w], px at size (the motion merge)
+    speed = residual_speed_of(motion, "epipolar")    # float32 [T, h, w], px at size (the motion merge)
     x = model_input(rgb_uint8, flow[batch], inputs)  # float32 [B, C, h, w], C = 3 (rgb) + 2 (flow)
 """
 
@@ -119,9 +120,10 @@ def input_flow_of(motion: np.ndarray) -> np.ndarray:
     return np.stack([encode_resized(field) for field in motion])
 
 
-def residual_speed_of(motion: np.ndarray) -> np.ndarray:
-    """read_motion's [T, h, w, 2] -> every frame's speed against the camera float32 [T, h, w], px."""
-    return np.stack([residual_speed(field) for field in motion]).astype(np.float32)
+def residual_speed_of(motion: np.ndarray, model: str = "lmeds") -> np.ndarray:
+    """read_motion's [T, h, w, 2] -> every frame's speed against the camera float32 [T, h, w], px, under a
+    lrtl.camera.RESIDUAL_MODELS model."""
+    return np.stack([residual_speed(field, model) for field in motion]).astype(np.float32)
 
 
 def read_input_flow(path: str | os.PathLike, size: Sequence[int]) -> np.ndarray:
@@ -129,9 +131,9 @@ def read_input_flow(path: str | os.PathLike, size: Sequence[int]) -> np.ndarray:
     return input_flow_of(read_motion(path, size))
 
 
-def read_residual_speed(path: str | os.PathLike, size: Sequence[int]) -> np.ndarray:
+def read_residual_speed(path: str | os.PathLike, size: Sequence[int], model: str = "lmeds") -> np.ndarray:
     """A flow store -> every frame's speed against the camera float32 [T, h, w] at `size` (px at that size)."""
-    return residual_speed_of(read_motion(path, size))
+    return residual_speed_of(read_motion(path, size), model)
 
 
 def model_input(rgb: torch.Tensor, flow: torch.Tensor | None, inputs: Sequence[str]) -> torch.Tensor:

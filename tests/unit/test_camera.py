@@ -59,3 +59,35 @@ def test_lmeds_holds_where_the_median_refit_settles_on_a_wrong_inlier_set():
     flow, background = scene.flow(1, 1), scene.object_ids(1) == 0
     assert np.abs(camera_flow(flow, "affine", 2) - flow)[background].mean() > 0.1
     assert np.abs(camera_flow(flow, "lmeds") - flow)[background].max() < 1e-3
+
+
+@pytest.fixture(scope="module")
+def parallax_scene():
+    from tests.unit.test_synthetic import PARALLAX
+
+    return generate_scene(SyntheticParams.from_mapping({**PARALLAX, "n_frames": [8, 8]}), 1)
+
+
+def test_epipolar_residual_leaves_a_rigid_scene_at_any_depth_still_where_the_affine_one_does_not(parallax_scene):
+    """Exact flow of a translating, panning camera over ground, slabs, hillside and sky: no affine map fits the
+    static scene (its flow depends on depth), but every static point stays on its epipolar line; the walking
+    objects leave theirs."""
+    scene = parallax_scene
+    t = scene.n_frames // 2
+    flow, ids = scene.flow(t, 1), scene.object_ids(t)  # [H, W, 2], [H, W]
+    static = ids == 0
+    affine, epipolar = residual_speed(flow, "lmeds"), residual_speed(flow, "epipolar")
+    assert np.median(epipolar[static]) < 0.05
+    assert np.percentile(affine[static], 90) > 10 * np.percentile(epipolar[static], 90)
+    for obj in range(1, scene.n_objects + 1):
+        if (ids == obj).sum() >= 20:
+            assert np.median(epipolar[ids == obj]) > 10 * np.median(epipolar[static]), obj
+    assert np.array_equal(epipolar, residual_speed(flow, "epipolar"))  # least median of squares is deterministic
+
+
+def test_epipolar_residual_keeps_the_affine_one_when_the_camera_is_still():
+    """A still camera: every fundamental matrix fits the static scene, so the affine residual is kept."""
+    flow = np.zeros((40, 60, 2), np.float32)
+    flow[10:20, 15:30] = (2.0, -1.0)  # one object moves
+    np.testing.assert_array_equal(residual_speed(flow, "epipolar"), residual_speed(flow, "lmeds"))
+    assert residual_speed(flow, "epipolar")[12, 20] > 2.0
