@@ -22,7 +22,7 @@ its distance from the epipolar lines (epipolar; `infer.motion_residual`).
     inputs = input_kinds(model_cfg)                  # ("rgb",) | ("flow",) | ("rgb", "flow")
     motion = read_motion(flow_store, size)           # float32 [T, h, w, 2], px at size: the store read once
     flow = input_flow_of(motion)                     # float32 [T, 2, h, w] when "flow" in inputs
-    speed = residual_speed_of(motion, "epipolar")    # float32 [T, h, w], px at size (the motion merge)
+    speed = residual_speed_of(motion, "lmeds")       # float32 [T, h, w], px at size (the motion merge)
     x = model_input(rgb_uint8, flow[batch], inputs)  # float32 [B, C, h, w], C = 3 (rgb) + 2 (flow)
 """
 
