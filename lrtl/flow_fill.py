@@ -16,6 +16,7 @@ region takes a smooth blend of the flow of the textured pixels around it, nearer
 
     strength = texture_strength(gray)              # float32 [H, W], grey levels per px
     flow = fill_untextured(flow, gray, min_slope)  # float32 [H, W, 2]
+    textured = textured_fraction(rgb, (h, w), min_slope)  # float32 [T, h, w]: the motion merge (lrtl.infer)
 """
 
 from __future__ import annotations
@@ -73,3 +74,17 @@ def fill_untextured(flow: np.ndarray, gray: np.ndarray, min_slope: float) -> np.
     if textured.all() or not textured.any():
         return flow
     return push_pull(flow, textured)
+
+
+def textured_fraction(rgb: np.ndarray, size: tuple[int, int], min_slope: float) -> np.ndarray:
+    """Frames uint8 [T, H, W, 3] -> float32 [T, h, w] at size (h, w): the fraction of each cell's pixels whose
+    texture_strength is at least min_slope (area averaging), i.e. where a flow field can fix a displacement."""
+    height, width = int(size[0]), int(size[1])
+    return np.stack([
+        cv2.resize(
+            (texture_strength(cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)) >= min_slope).astype(np.float32),
+            (width, height),
+            interpolation=cv2.INTER_AREA,
+        )
+        for frame in rgb
+    ]).astype(np.float32)

@@ -56,6 +56,7 @@ from lrtl.camera import RESIDUAL_MODELS
 from lrtl.checkpoint import load_checkpoint
 from lrtl.cli import StageError, add_settings_argument, json_params, run_stage
 from lrtl.flow_confidence import read_trust
+from lrtl.flow_fill import textured_fraction
 from lrtl.imageops import resize_rgb
 from lrtl.model_inputs import (
     input_flow_of,
@@ -87,6 +88,12 @@ class RefineParams(Params):
 
 
 @dataclasses.dataclass(frozen=True)
+class TextureGateParams(Params):
+    min_slope: float  # grey levels (0..1) per px: a pixel is textured from this texture strength (lrtl.flow_fill)
+    min_fraction: float  # a mask with a smaller textured fraction counts as still; 0 = off
+
+
+@dataclasses.dataclass(frozen=True)
 class InferParams(Params):
     device: str  # auto | cpu | cuda
     batch_size: int  # frames per forward pass
@@ -96,6 +103,7 @@ class InferParams(Params):
     refine: RefineParams  # edge-aware upsampling of the merged masks to the frames store
     motion_trust: bool  # motion merge: weight each pixel's speed by its flow's forward-backward consistency
     motion_residual: str  # motion merge: speed against an affine camera (lmeds) or off the epipolar lines (epipolar)
+    motion_texture: TextureGateParams  # motion merge: a mask mostly without texture counts as still
 
 
 # --------------------------------------------------------------------------- merge (pure functions)
@@ -160,6 +168,17 @@ def mask_speeds(soft: np.ndarray, speed: np.ndarray, trust: np.ndarray | None = 
     weighted = soft if trust is None else soft * trust[:, None]  # [B, K, h, w]
     total = weighted.sum(axis=(-2, -1))  # [B, K]
     return np.einsum("bkhw,bhw->bk", weighted, speed) / np.maximum(total, 1e-12)
+
+
+def untextured_still(speed: np.ndarray, soft: np.ndarray, textured: np.ndarray, min_fraction: float) -> np.ndarray:
+    """Mask speeds [B, K] with those of the masks soft [B, K, h, w] whose textured fraction (textured [B, h, w] in
+    [0, 1], lrtl.flow_fill.textured_fraction) is below min_fraction set to 0 -> [B, K].
+
+    Flow has no evidence on a flat region (a clear sky, a white wall): whatever DIS or the texture fill puts there
+    comes from the textured pixels around it, often a moving object's. A mask that is mostly such a region cannot be
+    shown to move, so it counts as still."""
+    fraction = np.einsum("bkhw,bhw->bk", soft, textured) / np.maximum(soft.sum(axis=(-2, -1)), 1e-12)  # [B, K]
+    return np.where(fraction < min_fraction, 0.0, speed)
 
 
 def motion_groups(speed: np.ndarray, mass: np.ndarray) -> np.ndarray:
@@ -247,13 +266,17 @@ class Predictor:
         flow: np.ndarray | None = None,
         speed: np.ndarray | None = None,
         trust: np.ndarray | None = None,
+        textured: np.ndarray | None = None,
+        min_textured: float = 0.0,
     ) -> dict[str, np.ndarray]:
         """rgb uint8 [T, H, W, 3] (and, for a model that takes flow, its encoded flow float32 [T, 2, h, w] at the
         input size, lrtl.model_inputs.read_input_flow) -> soft float32 [T, K, h, w], merged float32
         [T, 2, h, w], groups int [T, K]. With `speed`, the residual speed maps float32 [T, h, w] at the input size
         (lrtl.model_inputs.read_residual_speed), the masks are merged by motion (motion_groups), else by features;
         `trust` float32 [T, h, w] in [0, 1] (lrtl.flow_confidence) weights each pixel's speed in its masks' mean, so
-        that a mask whose flow cannot be trusted (sky, occlusions) counts as still."""
+        that a mask whose flow cannot be trusted (sky, occlusions) counts as still; a mask whose fraction of
+        `textured` pixels float32 [T, h, w] (lrtl.flow_fill.textured_fraction) is below `min_textured` counts as
+        still (untextured_still)."""
         if "flow" in self.inputs and (flow is None or len(flow) != len(rgb)):
             raise StageError(f"the model takes optical flow as input: give the flow of all {len(rgb)} frames")
         if speed is not None and speed.shape != (len(rgb), *self.input_size):
@@ -277,6 +300,8 @@ class Predictor:
                 mass_np = soft_np.sum(axis=(-2, -1))  # [B, K]
                 window = slice(start, start + self.batch_size)
                 mean_speed = mask_speeds(soft_np, speed[window], None if trust is None else trust[window])  # [B, K]
+                if textured is not None and min_textured > 0:
+                    mean_speed = untextured_still(mean_speed, soft_np, textured[window], min_textured)
                 groups_batch = [motion_groups(mean_speed[b], mass_np[b]) for b in range(len(soft_np))]
             else:
                 feats = (
@@ -342,7 +367,12 @@ def run_infer(
     flow_input = input_flow_of(motion) if takes_flow else None  # [T, 2, h, w]
     speed = residual_speed_of(motion, params.motion_residual) if merges_by_motion else None  # [T, h, w]
     trust = read_trust(flow, predictor.input_size) if merges_by_motion and params.motion_trust else None
-    result = predictor.predict(rgb, flow_input, speed, trust)
+    gate = params.motion_texture
+    textured = (
+        textured_fraction(rgb, predictor.input_size, gate.min_slope)
+        if merges_by_motion and gate.min_fraction > 0 else None
+    )  # [T, h, w]
+    result = predictor.predict(rgb, flow_input, speed, trust, textured, gate.min_fraction)
     merged = result["merged"]  # [T, 2, h, w]
     if params.refine.radius > 0:
         merged = np.stack([

@@ -3,7 +3,16 @@
 import numpy as np
 import torch
 
-from lrtl.infer import affinity, mask_features, mask_speeds, merge_groups, merge_masks, motion_groups
+from lrtl.flow_fill import textured_fraction
+from lrtl.infer import (
+    affinity,
+    mask_features,
+    mask_speeds,
+    merge_groups,
+    merge_masks,
+    motion_groups,
+    untextured_still,
+)
 
 
 def one_hot_masks(labels: np.ndarray, k: int) -> np.ndarray:
@@ -130,3 +139,31 @@ def test_untrusted_motion_never_makes_a_mask_move():
     mass = soft.sum(axis=(-2, -1))[0]
     assert motion_groups(mask_speeds(soft, speed)[0], mass).tolist() == [1, 0, 0]  # the sky joins the object
     assert motion_groups(mask_speeds(soft, speed, trust)[0], mass).tolist() == [1, 0, 1]
+
+
+def test_a_mask_that_is_mostly_flat_counts_as_still():
+    # background (left), object (middle, 2 px/frame), a clear sky (right) whose flow, filled from the object beside
+    # it, says 3 px/frame. The sky has no texture: it cannot be shown to move and joins the background.
+    soft = np.zeros((1, 3, 4, 6))
+    soft[0, 0, :, :2] = soft[0, 1, :, 2:4] = soft[0, 2, :, 4:] = 1.0
+    speed = mask_speeds(soft, np.broadcast_to(np.array([0.0, 0.0, 2.0, 2.0, 3.0, 3.0]), (1, 4, 6)))  # [1, 3]
+    textured = np.ones((1, 4, 6))
+    textured[0, :, 4:] = 0.0
+    textured[0, :3, 2] = 0.0  # the object is 5/8 textured: above a half, it still moves
+    mass = soft.sum(axis=(-2, -1))[0]
+    assert motion_groups(speed[0], mass).tolist() == [1, 0, 0]  # the sky joins the object
+    gated = untextured_still(speed, soft, textured, 0.5)
+    np.testing.assert_allclose(gated[0], [0.0, 2.0, 0.0])
+    assert motion_groups(gated[0], mass).tolist() == [1, 0, 1]
+    np.testing.assert_allclose(untextured_still(speed, soft, textured, 0.7)[0], [0.0, 0.0, 0.0])  # 5/8 < 0.7
+    np.testing.assert_allclose(untextured_still(speed, soft, textured, 0.0), speed)  # off
+
+
+def test_textured_fraction_finds_the_flat_half_of_a_frame():
+    rng = np.random.default_rng(0)
+    frame = np.full((64, 96, 3), 128, np.uint8)  # left half flat grey
+    frame[:, 48:] = rng.integers(0, 256, (64, 48, 3), dtype=np.uint8)  # right half noise: texture everywhere
+    fraction = textured_fraction(frame[None], (16, 24), 0.002)  # [1, 16, 24], 4 x 4 px cells
+    assert fraction.shape == (1, 16, 24) and fraction.dtype == np.float32
+    assert fraction[0, :, :8].max() == 0.0  # flat, away from the seam (the structure tensor window reaches over it)
+    assert fraction[0, :, 12:].min() == 1.0
