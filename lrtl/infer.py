@@ -23,9 +23,11 @@ upsampled to the mask resolution. K == 2 is the identity.
 residual speed against the camera in the frame's optical flow (`motion_residual`: lmeds, minus the dominant affine
 motion, or epipolar, the distance from the epipolar lines; lrtl.camera, lrtl.model_inputs), then the
 two-group split of log(speed + MOTION_FLOOR_PX) with the largest between-group variance, masses as weights
-(Otsu's criterion); group 0 is the faster group, the foreground. Appearance features group an object with a
-background part that looks like it; on the synthetic default with a flow-input net the decoder-feature merge
-scored J 59.7 where the best subset of the same masks scored 95.0 (motion: 95.0).
+(Otsu's criterion); group 0 is the faster group, the foreground. A mask less than `motion_texture.min_fraction`
+textured (lrtl.flow_fill.textured_fraction) counts as still (untextured_still): its flow is its neighbours'.
+Appearance features group an object with a background part that looks like it; on the synthetic default with a
+flow-input net the decoder-feature merge scored J 59.7 where the best subset of the same masks scored 95.0 (motion:
+95.0).
 
 With `refine.radius` > 0 the merged masks are stored at the frames-store resolution, upsampled edge-aware with the
 frame as guide (lrtl.refine); the K soft masks stay at the model's size.
