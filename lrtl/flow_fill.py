@@ -65,12 +65,17 @@ def push_pull(values: np.ndarray, weight: np.ndarray) -> np.ndarray:
     return estimate.astype(np.float32)
 
 
+def textured_pixels(gray: np.ndarray, min_slope: float) -> np.ndarray:
+    """1 where a grey image uint8 [H, W] has a texture_strength of at least min_slope, else 0 -> float32 [H, W]."""
+    return (texture_strength(gray) >= min_slope).astype(np.float32)
+
+
 def fill_untextured(flow: np.ndarray, gray: np.ndarray, min_slope: float) -> np.ndarray:
     """Flow float32 [H, W, 2] of a frame gray uint8 [H, W] with the pixels whose texture_strength is below min_slope
     filled from the others (push_pull) -> float32 [H, W, 2]; unchanged where textured, or if min_slope <= 0."""
     if min_slope <= 0:
         return flow
-    textured = (texture_strength(gray) >= min_slope).astype(np.float32)  # [H, W]
+    textured = textured_pixels(gray, min_slope)  # [H, W]
     if textured.all() or not textured.any():
         return flow
     return push_pull(flow, textured)
@@ -81,10 +86,7 @@ def textured_fraction(rgb: np.ndarray, size: tuple[int, int], min_slope: float) 
     texture_strength is at least min_slope (area averaging), i.e. where a flow field can fix a displacement."""
     height, width = int(size[0]), int(size[1])
     return np.stack([
-        cv2.resize(
-            (texture_strength(cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)) >= min_slope).astype(np.float32),
-            (width, height),
-            interpolation=cv2.INTER_AREA,
-        )
+        cv2.resize(textured_pixels(cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY), min_slope), (width, height),
+                   interpolation=cv2.INTER_AREA)
         for frame in rgb
     ]).astype(np.float32)

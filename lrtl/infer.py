@@ -179,7 +179,7 @@ def untextured_still(speed: np.ndarray, soft: np.ndarray, textured: np.ndarray, 
     Flow has no evidence on a flat region (a clear sky, a white wall): whatever DIS or the texture fill puts there
     comes from the textured pixels around it, often a moving object's. A mask that is mostly such a region cannot be
     shown to move, so it counts as still."""
-    fraction = np.einsum("bkhw,bhw->bk", soft, textured) / np.maximum(soft.sum(axis=(-2, -1)), 1e-12)  # [B, K]
+    fraction = mask_speeds(soft, textured)  # [B, K]: the same soft-weighted mean per mask, of the textured map
     return np.where(fraction < min_fraction, 0.0, speed)
 
 
