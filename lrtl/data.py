@@ -6,8 +6,9 @@ near the end) of one sequence with one shared random horizontal flip. Per frame 
     rgb      uint8   [h, w, 3]     resized to the model input size
     flow     float32 [2, hf, wf]   forward F -> F+g (positions 0, 2) or backward F+g -> F (1, 3), pixels at
                                    the flow loss resolution, clamped to +-flow_clamp
-    flow_weight float32 [hf, wf] only with data.flow_confidence: the fraction of each cell's pixels whose flow
-                                   passes the forward-backward check (lrtl.flow_confidence), the flow loss weight
+    flow_weight float32 [hf, wf] only with data.flow_confidence or data.flow_texture: the fraction of each cell's
+                                   pixels whose flow passes the forward-backward check (lrtl.flow_confidence),
+                                   times the fraction that is textured (lrtl.flow_fill), the flow loss weight
     tracks   float32 [C, N, 2]     smoothed context-window tracks, pixel (x, y) at the tracks' resolution
     vis      bool    [C, N]        visibility of those tracks
     loc      float32 [N, 2]        unsmoothed position at the frame, x / (W - 1) * 2 - 1 (same for y)
@@ -39,6 +40,7 @@ import torch
 from lrtl import stores
 from lrtl.cli import StageError
 from lrtl.flow_confidence import consistency_weights, consistent
+from lrtl.flow_fill import textured_fraction
 from lrtl.imageops import resize_flow, resize_rgb
 from lrtl.model_inputs import read_input_flow
 from lrtl.runtime import limit_threads
@@ -65,6 +67,7 @@ class SequenceData:
     tracks_index: Path
     input_flow: np.ndarray | None = None  # float32 [T, 2, h, w] network flow input (lrtl.model_inputs), or None
     flow_weight: dict[int, np.ndarray] | None = None  # preloaded: signed gap -> float32 [T, hf, wf], or None
+    texture: np.ndarray | None = None  # float32 [T, hf, wf]: textured fraction of each loss cell (data.flow_texture)
 
 
 # --------------------------------------------------------------------------- pure sampling steps
@@ -282,7 +285,8 @@ def load_sequence(
     flow_input: also encode every frame's flow as the network's input (lrtl.model_inputs.read_input_flow)."""
     group = stores.open_store(frames, "frames")
     name = str(group.attrs.get("sequence", Path(frames).stem))
-    rgb = resize_rgb(group["rgb"][...], input_size)  # [T, h, w, 3]
+    full_rgb = group["rgb"][...]  # [T, H, W, 3]
+    rgb = resize_rgb(full_rgb, input_size)  # [T, h, w, 3]
     n_frames = rgb.shape[0]
     flow_group = stores.open_flow(flow)
     if flow_group.attrs["n_frames"] != n_frames:
@@ -296,9 +300,14 @@ def load_sequence(
             f"{flow}: no flow for gaps {missing} (has {flow_group.attrs['gaps']}); add them to "
             f"flow.gaps or remove them from the train run's data.gaps"
         )
-    flows, weights = None, None
+    flows, weights, texture = None, None, None
+    if params.flow_texture > 0:
+        height, width = flow_group[stores.flow_name(1)].shape[1:3]
+        size = (int(params.flow_size[0]), int(params.flow_size[1])) if params.flow_size else (height, width)
+        texture = textured_fraction(full_rgb, size, params.flow_texture)  # [T, hf, wf]
+    del full_rgb
     if params.preload_flow:
-        flows, weights = {}, ({} if params.flow_confidence else None)
+        flows, weights = {}, ({} if params.flow_confidence or texture is not None else None)
         for gap in params.gaps:  # both directions of a gap in memory at once: each is the other's check
             fields = {signed: flow_group[stores.flow_name(signed)][...] for signed in (gap, -gap)}  # [T, H, W, 2]
             for signed, field in fields.items():
@@ -306,7 +315,11 @@ def load_sequence(
                 flows[signed] = loss_flow(field, params)
             if weights is not None:
                 for signed in fields:
-                    weights[signed] = consistency_weights(fields, signed, flows[signed].shape[-2:])
+                    size = flows[signed].shape[-2:]
+                    weights[signed] = (consistency_weights(fields, signed, size) if params.flow_confidence
+                                       else np.ones((n_frames, *size), np.float32))
+                    if texture is not None:
+                        weights[signed] *= texture
     reader = open_tracks(tracks)
     if reader.n_frames != n_frames:
         raise StageError(
@@ -322,7 +335,7 @@ def load_sequence(
     if flow_input:
         input_flow = read_input_flow(flow, input_size)  # [T, 2, h, w]
     return SequenceData(name=name, n_frames=n_frames, rgb=rgb, flow_path=Path(flow), flow=flows,
-                        tracks_index=Path(tracks), input_flow=input_flow, flow_weight=weights)
+                        tracks_index=Path(tracks), input_flow=input_flow, flow_weight=weights, texture=texture)
 
 
 def loss_flow(flow: np.ndarray, params: DataParams) -> np.ndarray:
@@ -416,9 +429,14 @@ class TrainItems(torch.utils.data.Dataset):
         sequence = self.sequences[seq]
         if sequence.flow_weight is not None:
             return sequence.flow_weight[gap][frame]
-        group = self._flow_groups[seq]  # opened by _flow
-        ok = consistent(stores.read_flow(group, gap, frame), stores.read_flow(group, -gap, frame + gap))
-        return cv2.resize(ok.astype(np.float32), (size[1], size[0]), interpolation=cv2.INTER_AREA)
+        weight = np.ones((int(size[0]), int(size[1])), np.float32)
+        if self.params.flow_confidence:
+            group = self._flow_groups[seq]  # opened by _flow
+            ok = consistent(stores.read_flow(group, gap, frame), stores.read_flow(group, -gap, frame + gap))
+            weight = cv2.resize(ok.astype(np.float32), (size[1], size[0]), interpolation=cv2.INTER_AREA)
+        if sequence.texture is not None:
+            weight = weight * sequence.texture[frame]
+        return weight
 
     def item_plan(self, key: int) -> tuple[np.random.Generator, int, int, list[int], bool]:
         """(generator, sequence index, gap, 4 frames, flip) of item `key`."""
@@ -466,7 +484,7 @@ class TrainItems(torch.utils.data.Dataset):
         }
         if sequence.input_flow is not None:
             item["flow_input"] = sequence.input_flow[frames]  # [4, 2, h, w]
-        if params.flow_confidence:
+        if params.flow_confidence or params.flow_texture > 0:
             size = flows[0].shape[-2:]
             item["flow_weight"] = np.stack([
                 self._flow_weight(seq, g, f, size) for g, f in zip(signed_gaps, frames, strict=True)

@@ -50,6 +50,7 @@ class DataParams(Params):
     preload_flow: bool  # keep all flow fields in memory (small datasets) or read them per item (DAVIS)
     flow_clamp: float  # |flow| clamp, pixels at flow_size (paper 20 at 480x854)
     flow_confidence: bool  # weight the flow loss by forward-backward consistency (lrtl.flow_confidence; paper off)
+    flow_texture: float  # weight the flow loss by the textured fraction of each cell, this min slope (0 = off)
     flip: float  # probability of the shared horizontal flip (paper 0.5)
     workers: int  # DataLoader worker processes (0 = load in the training process)
     cache_queries: int  # query frames of tracks kept in memory per process (LRU)

@@ -429,3 +429,24 @@ def test_items_carry_the_flow_consistency_weight_preloaded_or_read_and_flip_it(i
     np.testing.assert_allclose(lazy[5]["flow_weight"], item["flow_weight"], atol=1e-6)
     flipped = flip_item(item, width=96, negate_u=True)
     np.testing.assert_array_equal(flipped["flow_weight"], item["flow_weight"][..., ::-1])
+
+
+def test_the_flow_weight_drops_untextured_cells_preloaded_or_read(inputs):
+    import cv2
+
+    from lrtl.flow_fill import texture_strength, textured_fraction
+
+    rgb = [stores.open_store(path, "frames")["rgb"][...] for path in inputs["frames"]]  # [T, H, W, 3] each
+    strength = np.concatenate([texture_strength(cv2.cvtColor(f, cv2.COLOR_RGB2GRAY)).ravel() for r in rgb for f in r])
+    slope = float(np.median(strength))  # about half the pixels of the tiny frames count as flat
+    consistency = make_items(inputs, flow_confidence=True, flip=0.0)[5]["flow_weight"]  # [4, hf, wf]
+    item = make_items(inputs, flow_confidence=True, flow_texture=slope, flip=0.0)[5]
+    lazy = make_items(inputs, flow_confidence=True, flow_texture=slope, flip=0.0, preload_flow=False)[5]
+    textured = textured_fraction(rgb[int(item["sequence"])], (32, 48), slope)[item["frames"]]  # [4, hf, wf]
+    assert 0.1 < textured.mean() < 0.9
+    np.testing.assert_allclose(item["flow_weight"], consistency * textured, atol=1e-6)  # each flow's source frame
+    np.testing.assert_allclose(lazy["flow_weight"], item["flow_weight"], atol=1e-6)
+    only_texture = make_items(inputs, flow_confidence=False, flow_texture=slope, flip=0.0)[5]
+    np.testing.assert_allclose(only_texture["flow_weight"], textured, atol=1e-6)
+    nothing_textured = make_items(inputs, flow_confidence=True, flow_texture=10.0, flip=0.0)[5]  # slopes are <= 1
+    assert not nothing_textured["flow_weight"].any()
