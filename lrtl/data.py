@@ -302,12 +302,11 @@ def load_sequence(
         )
     flows, weights, texture = None, None, None
     if params.flow_texture > 0:
-        height, width = flow_group[stores.flow_name(1)].shape[1:3]
-        size = (int(params.flow_size[0]), int(params.flow_size[1])) if params.flow_size else (height, width)
+        size = loss_size(params, *flow_group[stores.flow_name(1)].shape[1:3])
         texture = textured_fraction(full_rgb, size, params.flow_texture)  # [T, hf, wf]
     del full_rgb
     if params.preload_flow:
-        flows, weights = {}, ({} if params.flow_confidence or texture is not None else None)
+        flows, weights = {}, ({} if params.weighs_flow else None)
         for gap in params.gaps:  # both directions of a gap in memory at once: each is the other's check
             fields = {signed: flow_group[stores.flow_name(signed)][...] for signed in (gap, -gap)}  # [T, H, W, 2]
             for signed, field in fields.items():
@@ -338,11 +337,16 @@ def load_sequence(
                         tracks_index=Path(tracks), input_flow=input_flow, flow_weight=weights, texture=texture)
 
 
+def loss_size(params: DataParams, height: int, width: int) -> tuple[int, int]:
+    """(hf, wf) of the flow loss for a flow store of height x width: flow_size, or the store's when []."""
+    return (int(params.flow_size[0]), int(params.flow_size[1])) if params.flow_size else (int(height), int(width))
+
+
 def loss_flow(flow: np.ndarray, params: DataParams) -> np.ndarray:
     """Flow store fields float32 [T, H, W, 2] -> [T, 2, hf, wf] at the loss size (flow_size; [] = the store's),
     pixels rescaled to that size (area averaging when shrinking), clamped to ±flow_clamp."""
     n_frames, height, width, _ = flow.shape
-    new_h, new_w = (int(params.flow_size[0]), int(params.flow_size[1])) if params.flow_size else (height, width)
+    new_h, new_w = loss_size(params, height, width)
     out = np.empty((n_frames, 2, new_h, new_w), np.float32)  # [T, 2, hf, wf]
     for index in range(n_frames):
         out[index] = resize_flow(flow[index], new_h, new_w, interpolation="area").transpose(2, 0, 1)
@@ -484,7 +488,7 @@ class TrainItems(torch.utils.data.Dataset):
         }
         if sequence.input_flow is not None:
             item["flow_input"] = sequence.input_flow[frames]  # [4, 2, h, w]
-        if params.flow_confidence or params.flow_texture > 0:
+        if params.weighs_flow:
             size = flows[0].shape[-2:]
             item["flow_weight"] = np.stack([
                 self._flow_weight(seq, g, f, size) for g, f in zip(signed_gaps, frames, strict=True)

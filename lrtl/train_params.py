@@ -56,6 +56,11 @@ class DataParams(Params):
     cache_queries: int  # query frames of tracks kept in memory per process (LRU)
     sampling: str  # frame_uniform (the reference: every (sequence, gap, frame) item equally) | sequence_uniform
 
+    @property
+    def weighs_flow(self) -> bool:
+        """Whether the flow loss weighs its pixels (an item carries flow_weight)."""
+        return self.flow_confidence or self.flow_texture > 0
+
 
 @dataclasses.dataclass(frozen=True)
 class LossParams(Params):
