@@ -1,6 +1,7 @@
 """Parameters of a training run: the config section `train` (defaults plus one run) as frozen dataclasses.
 
     params = parse_params(config_train_section)   # TrainParams; an unknown or missing key is a StageError
+    steps = scaled_iterations(800, n_sequences=12, for_sequences=4)   # 2400: train.iterations_for_sequences
 
 One source for the keys of each part: lrtl.model builds from ModelParams' keys, lrtl.data reads DataParams,
 lrtl.train the rest. This module imports no model, data or training code, so any of them may import it.
@@ -9,6 +10,7 @@ lrtl.train the rest. This module imports no model, data or training code, so any
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 from lrtl.cli import StageError
@@ -103,6 +105,17 @@ class TrainParams(Params):
     log_every: int  # steps between metrics.jsonl lines
     checkpoint_every: int  # steps between resume checkpoints (state-dir/last.pt)
     validate: ValidateParams  # periodic validation where ground truth exists (reference: every 250 steps)
+
+
+def scaled_iterations(iterations: int, n_sequences: int, for_sequences: int) -> int:
+    """Optimisation steps of a run on `n_sequences` training sequences whose `iterations` were set for up to
+    `for_sequences` of them: more sequences train proportionally longer (rounded up), so that each keeps its share
+    of the items; fewer keep `iterations`. `for_sequences` 0: `iterations` whatever the number (paper)."""
+    if for_sequences < 0 or n_sequences < 1:
+        raise ValueError(f"need for_sequences >= 0 and n_sequences >= 1, got {for_sequences} and {n_sequences}")
+    if for_sequences == 0 or n_sequences <= for_sequences:
+        return iterations
+    return math.ceil(iterations * n_sequences / for_sequences)
 
 
 def parse_params(mapping: dict[str, Any]) -> TrainParams:

@@ -20,7 +20,7 @@ from lrtl.pictures import PicturesParams
 from lrtl.settings import RUN_SETTINGS, merge_settings, split_settings
 from lrtl.synthetic import SyntheticParams
 from lrtl.tracks import TracksParams
-from lrtl.train_params import TrainParams
+from lrtl.train_params import TrainParams, scaled_iterations
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
@@ -115,3 +115,26 @@ def test_inactive_backend_sections_may_be_null_but_still_validate_when_given(sec
     bad = {**mapping, inactive[0]: {**mapping[inactive[0]], "typo": 1}}
     with pytest.raises(ParamsError, match="typo"):
         params.from_mapping(bad, section)
+
+
+@pytest.mark.parametrize(
+    ("iterations", "n_sequences", "for_sequences", "steps"),
+    [
+        (800, 4, 4, 800),  # as many sequences as the iterations were set for
+        (800, 1, 4, 800),  # fewer: never shorter
+        (800, 12, 4, 2400),  # three times as many: three times the steps, the same items per sequence
+        (800, 5, 4, 1000),
+        (300, 7, 3, 700),
+        (10, 3, 2, 15),
+        (10, 5, 3, 17),  # 16.67 rounded up: no sequence gets fewer items than the iterations promise
+        (20000, 50, 0, 20000),  # 0: fixed (paper)
+    ],
+)
+def test_iterations_scale_with_the_training_sequences_beyond_those_they_were_set_for(
+    iterations: int, n_sequences: int, for_sequences: int, steps: int
+) -> None:
+    assert scaled_iterations(iterations, n_sequences, for_sequences) == steps
+    items_per_sequence = steps * CONFIG["train"]["defaults"]["batch_items"] / n_sequences
+    if for_sequences and n_sequences >= for_sequences:
+        assert items_per_sequence >= iterations * CONFIG["train"]["defaults"]["batch_items"] / for_sequences
+

@@ -109,6 +109,30 @@ def test_davis_sheet_dry_run_builds_the_paper_dag(workdir: Path) -> None:
     assert "make_synthetic" not in counts
 
 
+def train_command_params(output: str) -> dict:
+    """The --params of the one `python -m lrtl.train` command a dry run with -p prints."""
+    (params,) = re.findall(r"python -m lrtl\.train .*?--params '(\{.*?\})'", output, flags=re.S)
+    return json.loads(params)
+
+
+def test_a_dataset_with_more_training_sequences_than_the_iterations_were_set_for_trains_longer(
+    workdir: Path,
+) -> None:
+    """The tiny config's 6 steps were set for up to 4 sequences by default: its 2 sequences keep them; said to be
+    for 1 sequence, the job trains 12 steps (the same items per sequence), and it reruns with them."""
+    target = "results/synthetic/train/full/model.pt"
+    config = yaml.safe_load(TEST_CONFIG.read_text())
+    n_sequences = config["synthetic"]["n_sequences"]
+    iterations = config["datasets"]["synthetic"]["train"]["iterations"]
+    proc = snakemake(workdir, "-n", "-p", target, "--configfile", str(TEST_CONFIG))
+    assert train_command_params(proc.stdout)["iterations"] == iterations
+    overlay = workdir / "per_sequence.yaml"
+    overlay.write_text("train: {iterations_for_sequences: 1}\n")
+    proc = snakemake(workdir, "-n", "-p", target, "--configfile", str(TEST_CONFIG), str(overlay))
+    assert train_command_params(proc.stdout)["iterations"] == iterations * n_sequences
+    assert "iterations_for_sequences" not in proc.stdout  # resolved at planning time; the job gets its steps
+
+
 def _sheet_rows(name: str) -> list[list[str]]:
     sheet = REPO / "workflow" / "resources" / "sequences" / f"{name}.tsv"
     return [line.split("\t") for line in sheet.read_text().splitlines()[1:]]
@@ -174,6 +198,7 @@ def test_paper_target_dry_run_covers_the_three_table1_datasets(workdir: Path) ->
         assert gaps == ([3, 6] if dataset == "fbms59" else [1, 2]), (stage, dataset, gaps)
         if stage == "train":  # the paper regime: the reference's compat mode and frame-uniform items
             assert params["compat"] == "reference" and params["data"]["sampling"] == "frame_uniform"
+            assert params["iterations"] == 20000  # whatever the number of sequences (59 FBMS59, 50 DAVIS)
         seen.add((stage, dataset))
     assert seen == {(s, d) for s in ("flow", "train") for d in ("davis2016", "fbms59")}
     proc = snakemake(workdir, "-n", "-p", "results/davis2016/train/full_fixed/model.pt", "--configfile",

@@ -16,6 +16,7 @@ from lrtl.cli import StageError
 from lrtl.settings import split_settings
 import lrtl.stores
 import lrtl.synthetic
+import lrtl.train_params
 
 CONFIG_SCHEMA = os.path.join(
     workflow.basedir, "workflow", "schemas", "config.schema.yaml"
@@ -479,7 +480,8 @@ def used_backbone_keys(model):
 
 def run_params(wildcards):
     """The merged hyperparameters of one training run: train.defaults, then the dataset's own gaps (if any) and
-    training overrides (datasets.<d>.train), then train.runs.<run>."""
+    training overrides (datasets.<d>.train), then train.runs.<run>; iterations scaled to the number of training
+    sequences (train.iterations_for_sequences), so that the job's params give the steps it trains."""
     gaps = dataset_gaps(wildcards.dataset)
     per_dataset = {} if gaps is None else {"data": {"gaps": gaps}}
     own = config["datasets"][wildcards.dataset]["train"]
@@ -490,6 +492,11 @@ def run_params(wildcards):
         config["train"]["runs"][wildcards.run],
     )
     params["model"] = used_backbone_keys(params["model"])
+    params["iterations"] = lrtl.train_params.scaled_iterations(
+        params["iterations"],
+        len(sequences_of(wildcards.dataset, "train_splits")),
+        config["train"]["iterations_for_sequences"],
+    )
     return params
 
 
