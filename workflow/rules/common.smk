@@ -481,7 +481,8 @@ def used_backbone_keys(model):
 def run_params(wildcards):
     """The merged hyperparameters of one training run: train.defaults, then the dataset's own gaps (if any) and
     training overrides (datasets.<d>.train), then train.runs.<run>; iterations scaled to the number of training
-    sequences (train.iterations_for_sequences), so that the job's params give the steps it trains."""
+    sequences (train.iterations_for_sequences), so that the job's params give the steps it trains.
+    """
     gaps = dataset_gaps(wildcards.dataset)
     per_dataset = {} if gaps is None else {"data": {"gaps": gaps}}
     own = config["datasets"][wildcards.dataset]["train"]
