@@ -139,7 +139,6 @@ def test_iterations_scale_with_the_training_sequences_beyond_those_they_were_set
         assert items_per_sequence >= iterations * CONFIG["train"]["defaults"]["batch_items"] / for_sequences
 
 
-
 @pytest.mark.parametrize(("n_sequences", "for_sequences"), [(0, 4), (3, -1)])
 def test_scaled_iterations_refuses_no_sequences_or_a_negative_count(n_sequences: int, for_sequences: int) -> None:
     with pytest.raises(ValueError, match="for_sequences >= 0 and n_sequences >= 1"):
