@@ -53,6 +53,7 @@ __all__ = [
     "temporal_loss",
     "temporal_loss_items",
     "trajectory_matrix",
+    "visible_fraction",
 ]
 
 # Columns per float64 Gram chunk on CPU (per worker thread) and rows per staircase block (D = 82 -> 8 blocks);
@@ -106,6 +107,15 @@ def mask_weights(
     Returns [B, K, N].
     """
     return sample_masks_at(masks, loc, align_corners=align_corners).clamp(clamp, 1.0 - clamp)
+
+
+def visible_fraction(vis: torch.Tensor) -> torch.Tensor:
+    """Fraction of the context frames in which each track is visible (a tracker's own reliability of the track).
+
+    vis: [B, C, N] bool. Returns [B, N] float32 in [0, 1]: a track the tracker lost, whose later positions are held
+    or extrapolated (flowchain's fill), counts less than one followed through the whole window.
+    """
+    return vis.to(torch.float32).mean(dim=1)
 
 
 def trajectory_matrix(tracks: torch.Tensor) -> torch.Tensor:
