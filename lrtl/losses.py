@@ -52,8 +52,8 @@ __all__ = [
     "sample_masks_at",
     "temporal_loss",
     "temporal_loss_items",
+    "track_reliability",
     "trajectory_matrix",
-    "visible_fraction",
 ]
 
 # Columns per float64 Gram chunk on CPU (per worker thread) and rows per staircase block (D = 82 -> 8 blocks);
@@ -109,13 +109,18 @@ def mask_weights(
     return sample_masks_at(masks, loc, align_corners=align_corners).clamp(clamp, 1.0 - clamp)
 
 
-def visible_fraction(vis: torch.Tensor) -> torch.Tensor:
-    """Fraction of the context frames in which each track is visible (a tracker's own reliability of the track).
+def track_reliability(vis: torch.Tensor, rule: str) -> torch.Tensor:
+    """Per-track factor of the trajectory-loss weights, from the tracker's own visibility over the context window.
 
-    vis: [B, C, N] bool. Returns [B, N] float32 in [0, 1]: a track the tracker lost, whose later positions are held
-    or extrapolated (flowchain's fill), counts less than one followed through the whole window.
+    vis: [B, C, N] bool. rule: "visibility" = the fraction of the C frames in which the track is visible;
+    "complete" = 1 for a track visible in all C frames, else 0. A track the tracker lost holds its last position
+    (flowchain's fill), which no rigid motion explains. Returns [B, N] float32 in [0, 1].
     """
-    return vis.to(torch.float32).mean(dim=1)
+    if rule == "visibility":
+        return vis.to(torch.float32).mean(dim=1)
+    if rule == "complete":
+        return vis.all(dim=1).to(torch.float32)
+    raise ValueError(f"unknown track reliability rule {rule!r}; expected 'visibility' or 'complete'")
 
 
 def trajectory_matrix(tracks: torch.Tensor) -> torch.Tensor:

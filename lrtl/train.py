@@ -161,8 +161,8 @@ def compute_losses(
         terms["raw_flow"], terms["flow"] = raw, loss.w_flow * raw
     if loss.w_traj:
         weights = losses.mask_weights(masks, batch["loc"], loss.weight_clamp, align_corners)  # [4B, K, N]
-        if loss.track_weight == "visibility":
-            weights = weights * losses.visible_fraction(batch["vis"]).unsqueeze(1)  # [4B, K, N] x [4B, 1, N]
+        if loss.track_weight != "none":
+            weights = weights * losses.track_reliability(batch["vis"], loss.track_weight).unsqueeze(1)  # x [4B, 1, N]
         traj = losses.trajectory_matrix(batch["tracks"])  # [4B, 2C, N]
         raw = losses.lowrank_trajectory_loss(traj, weights, loss.rank, loss.route)
         terms["raw_traj"], terms["traj"] = raw, loss.w_traj * raw

@@ -72,7 +72,7 @@ class LossParams(Params):
     rank: int  # r (paper 5)
     route: str  # gram | qr: small-factor route of L_traj (METHOD.md §12.1)
     weight_clamp: float  # mask weights clamped to [c, 1 - c] (paper 1e-6)
-    track_weight: str  # none | visibility: each track's column of L_traj scaled by its visible fraction (paper none)
+    track_weight: str  # none | visibility | complete: L_traj columns scaled by the track's reliability (paper none)
 
 
 @dataclasses.dataclass(frozen=True)

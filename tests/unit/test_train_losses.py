@@ -63,3 +63,16 @@ def test_a_track_counts_in_proportion_to_its_visible_frames():
     assert _traj_loss("visibility", logits, tracks, all_visible, loc).item() == pytest.approx(
         _traj_loss("none", logits, tracks, all_visible, loc).item(), rel=1e-6
     )
+
+
+def test_complete_keeps_only_the_tracks_visible_in_every_context_frame():
+    gen, logits, tracks, loc = _inputs(2)
+    vis = torch.ones(FRAMES, CONTEXT, TRACKS, dtype=torch.bool)
+    lost = torch.arange(TRACKS) % 3 == 0
+    vis[:, CONTEXT - 1, lost] = False  # lost in the last frame only: held positions from there on
+    tracks[:, CONTEXT - 1, lost] += 50.0  # [4, N/3, 2] a jump no low-rank motion explains
+    kept = ~lost
+    expected = _traj_loss("none", logits, tracks[:, :, kept], vis[:, :, kept], loc[:, kept])
+    assert _traj_loss("complete", logits, tracks, vis, loc).item() == pytest.approx(expected.item(), rel=1e-5)
+    fraction = _traj_loss("visibility", logits, tracks, vis, loc).item()  # those count 6/7 there
+    assert fraction > 1.5 * expected.item()
