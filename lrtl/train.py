@@ -71,6 +71,11 @@ def lr_factor(step: int, iterations: int, warmup: float, power: float, reference
     return factor * max(1.0 - step / horizon, 0.0) ** power
 
 
+def trajectory_boost(step: int, iterations: int, boost: float, until: float) -> float:
+    """Multiple of w_traj at a step: boost at step 0, falling linearly to 1 at until x iterations, then 1."""
+    return 1.0 + (boost - 1.0) * max(0.0, 1.0 - step / (until * iterations))
+
+
 def temporal_ramp(step: int, iterations: int, reference: bool) -> float:
     """a(it) = 0.001 + 0.999 min(it / horizon, 1) (METHOD.md §7.3)."""
     horizon = REFERENCE_HORIZON if reference else iterations
@@ -165,7 +170,8 @@ def compute_losses(
             weights = weights * losses.track_reliability(batch["vis"], loss.track_weight).unsqueeze(1)  # x [4B, 1, N]
         traj = losses.trajectory_matrix(batch["tracks"])  # [4B, 2C, N]
         raw = losses.lowrank_trajectory_loss(traj, weights, loss.rank, loss.route)
-        terms["raw_traj"], terms["traj"] = raw, loss.w_traj * raw
+        boost = trajectory_boost(step, params.iterations, loss.traj_boost, loss.traj_boost_until)
+        terms["raw_traj"], terms["traj"] = raw, loss.w_traj * boost * raw
     if loss.w_temp:
         raw = losses.temporal_loss_items(
             masks,

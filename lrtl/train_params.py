@@ -73,6 +73,8 @@ class LossParams(Params):
     route: str  # gram | qr: small-factor route of L_traj (METHOD.md §12.1)
     weight_clamp: float  # mask weights clamped to [c, 1 - c] (paper 1e-6)
     track_weight: str  # none | visibility | complete: L_traj columns scaled by the track's reliability (paper none)
+    traj_boost: float  # L_traj weight at step 0 as a multiple of w_traj, falling linearly to 1x (paper 1: constant)
+    traj_boost_until: float  # fraction of the iterations at which the boost has fallen to 1x
 
 
 @dataclasses.dataclass(frozen=True)

@@ -76,3 +76,45 @@ def test_complete_keeps_only_the_tracks_visible_in_every_context_frame():
     assert _traj_loss("complete", logits, tracks, vis, loc).item() == pytest.approx(expected.item(), rel=1e-5)
     fraction = _traj_loss("visibility", logits, tracks, vis, loc).item()  # those count 6/7 there
     assert fraction > 1.5 * expected.item()
+
+
+@pytest.mark.parametrize("boost, until, steps_and_factors", [
+    (1.0, 0.5, [(0, 1.0), (50, 1.0), (99, 1.0)]),  # the paper's constant weight
+    (4.0, 0.5, [(0, 4.0), (25, 2.5), (50, 1.0), (99, 1.0)]),  # linear from 4x to 1x over the first half
+    (3.0, 1.0, [(0, 3.0), (50, 2.0), (100, 1.0)]),
+])
+def test_the_trajectory_weight_falls_from_its_boost_to_w_traj(boost, until, steps_and_factors):
+    gen, logits, tracks, loc = _inputs(3)
+    vis = torch.ones(FRAMES, CONTEXT, TRACKS, dtype=torch.bool)
+    params = parse_params(
+        config_section(
+            "train.defaults",
+            model=tiny_model(k=K),
+            iterations=100,
+            loss={"w_flow": 0.0, "w_traj": 2.0e-3, "w_temp": 0.0, "rank": 2,
+                  "traj_boost": boost, "traj_boost_until": until},
+        )
+    )
+    out = types.SimpleNamespace(logits=logits)
+    batch = {"tracks": tracks, "vis": vis, "loc": loc}
+    for step, factor in steps_and_factors:
+        terms = compute_losses(out, batch, params, step=step, frame_size=(32, 48))
+        assert terms["traj"].item() == pytest.approx(2.0e-3 * factor * terms["raw_traj"].item(), rel=1e-6)
+        assert terms["total"].item() == pytest.approx(terms["traj"].item(), rel=1e-6)
+
+
+def test_a_boost_leaves_a_run_without_the_trajectory_loss_without_it():
+    # flow_only sets w_traj 0: a boost in train.defaults must not bring L_traj back at the start
+    gen, logits, tracks, loc = _inputs(4)
+    params = parse_params(
+        config_section(
+            "train.defaults",
+            model=tiny_model(k=K),
+            loss={"w_flow": 1.0, "w_traj": 0.0, "w_temp": 0.0, "traj_boost": 10.0},
+        )
+    )
+    flow = torch.randn(FRAMES, 2, 8, 12, generator=gen)  # [4, 2, h, w]
+    batch = {"tracks": tracks, "vis": torch.ones(FRAMES, CONTEXT, TRACKS, dtype=torch.bool), "loc": loc, "flow": flow}
+    terms = compute_losses(types.SimpleNamespace(logits=logits), batch, params, step=0, frame_size=(32, 48))
+    assert "traj" not in terms
+    assert terms["total"].item() == pytest.approx(terms["flow"].item(), rel=1e-6)
