@@ -14,20 +14,16 @@ from tests.conftest import config_section, tiny_model
 FRAMES, CONTEXT, TRACKS, K = 4, 7, 40, 3  # 4 frames = one item; C context frames; N tracks per frame
 
 
-def _params(track_weight: str):
-    return parse_params(
-        config_section(
-            "train.defaults",
-            model=tiny_model(k=K),
-            loss={"w_flow": 0.0, "w_traj": 1.0, "w_temp": 0.0, "rank": 2, "track_weight": track_weight},
-        )
-    )
+def _params(run: dict | None = None, **loss):
+    """train.defaults with a tiny model and L_traj alone (rank 2): `loss` keys and `run` keys merged over that."""
+    loss = {"w_flow": 0.0, "w_traj": 1.0, "w_temp": 0.0, "rank": 2, **loss}
+    return parse_params(config_section("train.defaults", model=tiny_model(k=K), loss=loss, **(run or {})))
 
 
 def _traj_loss(track_weight: str, logits, tracks, vis, loc) -> torch.Tensor:
     out = types.SimpleNamespace(logits=logits)
     batch = {"tracks": tracks, "vis": vis, "loc": loc}
-    return compute_losses(out, batch, _params(track_weight), step=0, frame_size=(32, 48))["raw_traj"]
+    return compute_losses(out, batch, _params(track_weight=track_weight), step=0, frame_size=(32, 48))["raw_traj"]
 
 
 def _inputs(seed: int):
@@ -86,15 +82,7 @@ def test_complete_keeps_only_the_tracks_visible_in_every_context_frame():
 def test_the_trajectory_weight_falls_from_its_boost_to_w_traj(boost, until, steps_and_factors):
     gen, logits, tracks, loc = _inputs(3)
     vis = torch.ones(FRAMES, CONTEXT, TRACKS, dtype=torch.bool)
-    params = parse_params(
-        config_section(
-            "train.defaults",
-            model=tiny_model(k=K),
-            iterations=100,
-            loss={"w_flow": 0.0, "w_traj": 2.0e-3, "w_temp": 0.0, "rank": 2,
-                  "traj_boost": boost, "traj_boost_until": until},
-        )
-    )
+    params = _params({"iterations": 100}, w_traj=2.0e-3, traj_boost=boost, traj_boost_until=until)
     out = types.SimpleNamespace(logits=logits)
     batch = {"tracks": tracks, "vis": vis, "loc": loc}
     for step, factor in steps_and_factors:
@@ -106,13 +94,7 @@ def test_the_trajectory_weight_falls_from_its_boost_to_w_traj(boost, until, step
 def test_a_boost_leaves_a_run_without_the_trajectory_loss_without_it():
     # flow_only sets w_traj 0: a boost in train.defaults must not bring L_traj back at the start
     gen, logits, tracks, loc = _inputs(4)
-    params = parse_params(
-        config_section(
-            "train.defaults",
-            model=tiny_model(k=K),
-            loss={"w_flow": 1.0, "w_traj": 0.0, "w_temp": 0.0, "traj_boost": 10.0},
-        )
-    )
+    params = _params(w_flow=1.0, w_traj=0.0, traj_boost=10.0)
     flow = torch.randn(FRAMES, 2, 8, 12, generator=gen)  # [4, 2, h, w]
     batch = {"tracks": tracks, "vis": torch.ones(FRAMES, CONTEXT, TRACKS, dtype=torch.bool), "loc": loc, "flow": flow}
     terms = compute_losses(types.SimpleNamespace(logits=logits), batch, params, step=0, frame_size=(32, 48))
